@@ -1,0 +1,56 @@
+"""One interface for every runtime: load an artifact with its spec, run a preprocessed batch.
+
+Backends are thin adapters over a runtime library; everything before and after the runtime call
+(letterbox, normalisation, decode, NMS) lives in ``hagrid_edge.processing``. The table ``BACKENDS``
+maps file suffixes to adapter modules, imported only when such a file is opened, so a board needs
+only its own runtime installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from hagrid_edge.errors import HagridEdgeError
+from hagrid_edge.spec import ModelSpec, resolve_spec
+
+# suffix -> (module, class); module paths are relative to the installed hagrid_edge package.
+BACKENDS: dict[str, tuple[str, str]] = {
+    ".onnx": ("hagrid_edge.deploy.common.onnxruntime_backend", "OnnxRuntimeBackend"),
+    ".tflite": ("hagrid_edge.deploy.rpi.litert_backend", "LiteRTBackend"),
+}
+
+
+class Backend(Protocol):
+    """What every runtime adapter offers."""
+
+    spec: ModelSpec
+    path: Path
+    name: str  # runtime and device, e.g. "onnxruntime-cpu"
+    max_batch: int | None  # None: any batch size
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run a preprocessed input batch; outputs by tensor name, as the runtime returns them."""
+        ...
+
+
+def open_backend(path: str | Path, spec: ModelSpec | None = None, spec_file: str | Path | None = None,
+                 threads: int | None = None, device: str = "cpu") -> Backend:
+    """Open ``path`` with the adapter its suffix names; its spec is resolved unless given."""
+    path = Path(path)
+    entry = BACKENDS.get(path.suffix.lower())
+    if entry is None:
+        raise HagridEdgeError(f"{path}: unsupported model format {path.suffix!r} "
+                              f"(known: {', '.join(sorted(BACKENDS))})")
+    if spec is None:
+        spec = resolve_spec(path, spec_file)
+    module_name, cls_name = entry
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise HagridEdgeError(f"{path}: the runtime for {path.suffix} files is not installed ({e.name}); "
+                              f"see the README for the extra to install") from None
+    return getattr(module, cls_name)(path, spec, threads=threads, device=device)

@@ -1,0 +1,140 @@
+"""Accuracy of any runnable artifact on HaGRID: COCO mAP for detectors, F1 for classifiers.
+
+Detections come from ``hagrid_edge.pipeline`` (the deployed code path); COCO scoring is
+pycocotools'. ``--task hands`` scores every box as one class ``hand``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from tqdm import tqdm
+
+from hagrid_edge.data.annotations import Sample
+from hagrid_edge.images import read_rgb
+from hagrid_edge.labels import DETECTOR_CLASSES, HAND
+from hagrid_edge.processing import Detections
+
+TASKS = ("gestures", "hands")
+# Detections below this score are not worth scoring; COCO mAP integrates over the rest.
+EVAL_SCORE_THRESHOLD = 0.01
+
+
+def task_classes(task: str) -> tuple[str, ...]:
+    return (HAND,) if task == "hands" else DETECTOR_CLASSES
+
+
+def coco_ground_truth(samples: Sequence[Sample], sizes: Sequence[tuple[int, int]], task: str) -> dict:
+    """A COCO ground-truth dict for ``samples`` (image sizes as (width, height))."""
+    classes = task_classes(task)
+    cat_id = {c: i + 1 for i, c in enumerate(classes)}
+    images, anns = [], []
+    for img_id, (s, (w, h)) in enumerate(zip(samples, sizes, strict=True), start=1):
+        images.append({"id": img_id, "width": w, "height": h, "file_name": f"{s.gesture}/{s.image_path.name}"})
+        for box, label in zip(s.boxes_xyxy(w, h), s.labels, strict=True):
+            name = HAND if task == "hands" else label
+            if name not in cat_id:
+                continue
+            x1, y1, x2, y2 = (float(v) for v in box)
+            anns.append({"id": len(anns) + 1, "image_id": img_id, "category_id": cat_id[name],
+                         "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+    return {"images": images, "annotations": anns,
+            "categories": [{"id": i, "name": c} for c, i in cat_id.items()]}
+
+
+def coco_detections(all_dets: Sequence[Detections], task: str) -> list[dict]:
+    cat_id = {c: i + 1 for i, c in enumerate(task_classes(task))}
+    out = []
+    for img_id, dets in enumerate(all_dets, start=1):
+        for box, score, label in zip(dets.boxes, dets.scores, dets.labels, strict=True):
+            name = HAND if task == "hands" else label
+            if name not in cat_id:
+                continue
+            x1, y1, x2, y2 = (float(v) for v in box)
+            out.append({"image_id": img_id, "category_id": cat_id[name], "bbox": [x1, y1, x2 - x1, y2 - y1],
+                        "score": float(score)})
+    return out
+
+
+def coco_map(gt: dict, dets: list[dict]) -> dict:
+    """COCO mAP50-95, mAP50 (percent) and per-class AP50-95 for classes that have ground truth."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        if not dets:
+            return {"mAP50_95": 0.0, "mAP50": 0.0,
+                    "per_class": {c["name"]: 0.0 for c in gt["categories"]
+                                  if any(a["category_id"] == c["id"] for a in gt["annotations"])}}
+        coco_dt = coco_gt.loadRes(dets)
+        ev = COCOeval(coco_gt, coco_dt, "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    precision = ev.eval["precision"]  # [iou, recall, class, area, maxdets]
+    per_class = {}
+    for k, cat in enumerate(ev.params.catIds):
+        p = precision[:, :, k, 0, -1]
+        if (p > -1).any():
+            per_class[coco_gt.cats[cat]["name"]] = round(float(p[p > -1].mean()) * 100, 2)
+    return {"mAP50_95": round(max(float(ev.stats[0]), 0.0) * 100, 2),
+            "mAP50": round(max(float(ev.stats[1]), 0.0) * 100, 2), "per_class": per_class}
+
+
+def run_detector(predict: Callable, samples: Sequence[Sample], progress: bool = True
+                 ) -> tuple[list[Detections], list[tuple[int, int]]]:
+    dets, sizes = [], []
+    for s in tqdm(samples, desc="eval", unit="img", disable=not progress, leave=False):
+        frame = read_rgb(s.image_path)
+        sizes.append((frame.shape[1], frame.shape[0]))
+        dets.append(predict(frame))
+    return dets, sizes
+
+
+def evaluate_detector(predict: Callable, samples: Sequence[Sample], task: str = "gestures",
+                      progress: bool = True) -> dict:
+    t0 = time.perf_counter()
+    dets, sizes = run_detector(predict, samples, progress)
+    result = coco_map(coco_ground_truth(samples, sizes, task), coco_detections(dets, task))
+    return {"task": task, "images": len(samples), **result, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def f1_scores(targets: Iterable[str], predictions: Iterable[str]) -> dict:
+    """Macro F1 over the target classes, accuracy, and per-class F1 (percent)."""
+    t, p = list(targets), list(predictions)
+    per_class = {}
+    for c in sorted(set(t)):
+        tp = sum(1 for a, b in zip(t, p, strict=True) if a == c and b == c)
+        fp = sum(1 for a, b in zip(t, p, strict=True) if a != c and b == c)
+        fn = sum(1 for a, b in zip(t, p, strict=True) if a == c and b != c)
+        per_class[c] = round(200.0 * tp / max(2 * tp + fp + fn, 1), 2)
+    acc = 100.0 * sum(1 for a, b in zip(t, p, strict=True) if a == b) / max(len(t), 1)
+    return {"f1": round(float(np.mean(list(per_class.values()))) if per_class else 0.0, 2),
+            "accuracy": round(acc, 2), "per_class": per_class}
+
+
+def evaluate_classifier(classifier, samples: Sequence[Sample], progress: bool = True) -> dict:
+    """F1 of a classifier: a crop classifier on every annotated hand, a frame classifier per image."""
+    from hagrid_edge.pipeline import CropClassifier
+
+    t0 = time.perf_counter()
+    targets, preds = [], []
+    spec = classifier.spec
+    for s in tqdm(samples, desc="eval", unit="img", disable=not progress, leave=False):
+        frame = read_rgb(s.image_path)
+        if isinstance(classifier, CropClassifier):
+            ids, _ = classifier(frame, s.boxes_xyxy(frame.shape[1], frame.shape[0]))
+            targets += s.labels
+            preds += [spec.label(int(i)) for i in ids]
+        else:
+            idx, _ = classifier(frame)
+            targets.append(s.gesture)
+            preds.append(spec.label(idx))
+    return {"task": "classify", "images": len(samples), "samples": len(targets), **f1_scores(targets, preds),
+            "seconds": round(time.perf_counter() - t0, 2)}

@@ -1,0 +1,46 @@
+"""Where things live: the shared HaGRID data/models folder, the shipped defaults, atomic writes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_ENV = "HAGRID_EDGE_SHARED"
+ASSETS = REPO_ROOT / "assets"
+DEFAULT_DATA = ASSETS / "hagrid-sample"
+DEFAULT_MODELS = ASSETS / "models"
+
+
+def shared_root() -> Path:
+    """The shared data/models folder: $HAGRID_EDGE_SHARED, else ``../shared`` beside the repository."""
+    env = os.environ.get(SHARED_ENV)
+    return Path(env) if env else REPO_ROOT.parent / "shared"
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; rename it onto ``final`` only if the block succeeds."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

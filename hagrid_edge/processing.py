@@ -1,0 +1,248 @@
+"""Pre- and post-processing: the one numpy implementation every runtime and every evaluation uses.
+
+Frames are RGB ``uint8`` arrays of shape (H, W, 3). Boxes are ``[x1, y1, x2, y2]`` float32 in
+pixels. ``Geometry`` maps boxes between frame pixels and model-input pixels for both resize
+policies (letterbox and stretch), so the same object serves inference and dataset transforms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from hagrid_edge.spec import ModelSpec
+
+# torchvision's SSD keeps this many candidates per class before NMS.
+PRE_NMS_TOPK = 400
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Frame <-> model input mapping: input = frame * scale + pad."""
+
+    frame_w: int
+    frame_h: int
+    input_w: int
+    input_h: int
+    scale_x: float
+    scale_y: float
+    pad_x: float
+    pad_y: float
+
+    def to_input(self, boxes: np.ndarray) -> np.ndarray:
+        b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
+        b[:, 0::2] = b[:, 0::2] * self.scale_x + self.pad_x
+        b[:, 1::2] = b[:, 1::2] * self.scale_y + self.pad_y
+        return b
+
+    def to_frame(self, boxes: np.ndarray) -> np.ndarray:
+        b = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
+        b[:, 0::2] = np.clip((b[:, 0::2] - self.pad_x) / self.scale_x, 0, self.frame_w)
+        b[:, 1::2] = np.clip((b[:, 1::2] - self.pad_y) / self.scale_y, 0, self.frame_h)
+        return b
+
+
+def fit(frame_w: int, frame_h: int, input_w: int, input_h: int, resize: str) -> Geometry:
+    if resize == "stretch":
+        return Geometry(frame_w, frame_h, input_w, input_h, input_w / frame_w, input_h / frame_h, 0.0, 0.0)
+    s = min(input_w / frame_w, input_h / frame_h)
+    new_w, new_h = round(frame_w * s), round(frame_h * s)
+    pad_x, pad_y = (input_w - new_w) // 2, (input_h - new_h) // 2
+    return Geometry(frame_w, frame_h, input_w, input_h, new_w / frame_w, new_h / frame_h, pad_x, pad_y)
+
+
+def resize_frame(frame: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, Geometry]:
+    """Resize (stretch or letterbox, per the spec) an RGB frame to the model's input size."""
+    in_h, in_w = spec.input_size
+    fh, fw = frame.shape[:2]
+    geo = fit(fw, fh, in_w, in_h, spec.resize)
+    new_w, new_h = round(fw * geo.scale_x), round(fh * geo.scale_y)
+    resized = frame if (new_w, new_h) == (fw, fh) else cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    if spec.resize == "stretch":
+        return resized, geo
+    out = np.full((in_h, in_w, 3), spec.pad_value, dtype=np.uint8)
+    px, py = int(geo.pad_x), int(geo.pad_y)
+    out[py:py + new_h, px:px + new_w] = resized
+    return out, geo
+
+
+def to_tensor(images: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Normalise a batch of resized RGB uint8 images (N, H, W, 3) into the model's input tensor."""
+    x = images[..., ::-1] if spec.color == "BGR" else images
+    mean = np.asarray(spec.mean if spec.color == "RGB" else spec.mean[::-1], dtype=np.float32)
+    std = np.asarray(spec.std if spec.color == "RGB" else spec.std[::-1], dtype=np.float32)
+    x = (x.astype(np.float32) - mean) / std
+    if spec.layout == "NCHW":
+        x = x.transpose(0, 3, 1, 2)
+    x = np.ascontiguousarray(x)
+    if spec.input_dtype in ("int8", "uint8"):
+        assert spec.input_quant is not None  # validated by the spec
+        return spec.input_quant.quantize(x)
+    return x.astype(spec.input_dtype, copy=False)
+
+
+def preprocess(frame: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, Geometry]:
+    """One RGB frame -> a batch-of-one input tensor and the geometry to map boxes back."""
+    image, geo = resize_frame(frame, spec)
+    return to_tensor(image[None], spec), geo
+
+
+# ---- post-processing ----------------------------------------------------------------------------
+@dataclass
+class Detections:
+    """Boxes in frame pixels (xyxy), their scores, model class indices and HaGRID label names."""
+
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
+    class_ids: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    labels: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def output(outputs: dict[str, np.ndarray], spec: ModelSpec, role: str) -> np.ndarray:
+    """The float value of output ``role`` (dequantized when the artifact's output is integer)."""
+    raw = np.asarray(outputs[spec.output_names[role]])
+    quant = spec.output_quant.get(role)
+    if quant is not None and raw.dtype.kind in "iu" and role != "labels":
+        return quant.dequantize(raw)
+    return raw.astype(np.float32, copy=False) if raw.dtype.kind == "f" else raw
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def activate(logits: np.ndarray, activation: str) -> np.ndarray:
+    if activation == "softmax":
+        return softmax(logits)
+    if activation == "sigmoid":
+        return sigmoid(logits)
+    return logits
+
+
+def decode_ssd(regression: np.ndarray, priors: np.ndarray, weights: tuple[float, ...]) -> np.ndarray:
+    """SSD box decoding: per-prior offsets (dx, dy, dw, dh) against priors (cx, cy, w, h) -> xyxy."""
+    wx, wy, ww, wh = weights
+    dw = np.minimum(regression[:, 2] / ww, np.log(1000.0 / 16))
+    dh = np.minimum(regression[:, 3] / wh, np.log(1000.0 / 16))
+    cx = regression[:, 0] / wx * priors[:, 2] + priors[:, 0]
+    cy = regression[:, 1] / wy * priors[:, 3] + priors[:, 1]
+    w = np.exp(dw) * priors[:, 2]
+    h = np.exp(dh) * priors[:, 3]
+    return np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float32)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of xyxy boxes: (N, 4) x (M, 4) -> (N, M)."""
+    area_a = (a[:, 2] - a[:, 0]).clip(0) * (a[:, 3] - a[:, 1]).clip(0)
+    area_b = (b[:, 2] - b[:, 0]).clip(0) * (b[:, 3] - b[:, 1]).clip(0)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clip(0).prod(axis=2)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS; indices of kept boxes by decreasing score (same rule as torchvision.ops.nms)."""
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size:
+        i = order[0]
+        keep.append(int(i))
+        if order.size == 1:
+            break
+        ious = box_iou(boxes[i:i + 1], boxes[order[1:]])[0]
+        order = order[1:][ious <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """NMS within each class (boxes of different classes never suppress each other)."""
+    if len(boxes) == 0:
+        return np.zeros((0,), np.int64)
+    offset = (boxes.max() + 1) * classes.astype(np.float32)[:, None]
+    return nms(boxes + offset, scores, iou_threshold)
+
+
+def postprocess_detector(outputs: dict[str, np.ndarray], spec: ModelSpec, geo: Geometry,
+                         score_threshold: float | None = None) -> Detections:
+    """Raw outputs of one image -> detections in frame pixels, whatever the output kind."""
+    thr = spec.score_threshold if score_threshold is None else score_threshold
+    if spec.outputs == "nms":
+        boxes = output(outputs, spec, "boxes").reshape(-1, 4)
+        scores = output(outputs, spec, "scores").reshape(-1)
+        class_ids = np.asarray(outputs[spec.output_names["labels"]]).reshape(-1).astype(np.int64)
+        if class_ids.size == 1 and len(scores) != 1:  # single-class graphs may emit one constant label
+            class_ids = np.repeat(class_ids, len(scores))
+        if spec.background_class:
+            class_ids = class_ids - 1
+        if spec.box_units == "normalized":
+            boxes = boxes * np.array([geo.input_w, geo.input_h] * 2, dtype=np.float32)
+        keep = (scores >= thr) & (class_ids >= 0) & (class_ids < len(spec.classes))
+        order = np.argsort(-scores[keep], kind="stable")[: spec.max_detections]
+        boxes, scores, class_ids = boxes[keep][order], scores[keep][order], class_ids[keep][order]
+    else:
+        assert spec.priors is not None  # validated by the spec
+        reg = output(outputs, spec, "bbox_regression").reshape(-1, 4)
+        probs = activate(output(outputs, spec, "cls_logits").reshape(len(reg), -1), spec.score_activation)
+        if spec.background_class:
+            probs = probs[:, 1:]
+        boxes_all = decode_ssd(reg, spec.priors, spec.box_coder_weights)
+        if spec.box_units == "normalized":
+            boxes_all = boxes_all * np.array([geo.input_w, geo.input_h] * 2, dtype=np.float32)
+        cand_box, cand_score, cand_cls = [], [], []
+        for c in range(probs.shape[1]):
+            idx = np.flatnonzero(probs[:, c] > thr)
+            if idx.size > PRE_NMS_TOPK:
+                idx = idx[np.argsort(-probs[idx, c], kind="stable")[:PRE_NMS_TOPK]]
+            cand_box.append(boxes_all[idx])
+            cand_score.append(probs[idx, c])
+            cand_cls.append(np.full(idx.size, c, np.int64))
+        boxes, scores, class_ids = np.concatenate(cand_box), np.concatenate(cand_score), np.concatenate(cand_cls)
+        keep = batched_nms(boxes, scores, class_ids, spec.iou_threshold)[: spec.max_detections]
+        boxes, scores, class_ids = boxes[keep], scores[keep], class_ids[keep]
+    boxes = geo.to_frame(boxes)
+    return Detections(boxes, scores.astype(np.float32), class_ids, [spec.label(int(c)) for c in class_ids])
+
+
+def square_crop_box(box: np.ndarray, frame_w: int, frame_h: int, expand: float = 1.0) -> np.ndarray:
+    """Grow a hand box to a square (short side to the long side, about its centre), clipped to the frame."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    side = max(x2 - x1, y2 - y1) * expand
+    out = np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], np.float32)
+    out[0::2] = out[0::2].clip(0, frame_w)
+    out[1::2] = out[1::2].clip(0, frame_h)
+    return out
+
+
+def crop_inputs(frame: np.ndarray, boxes: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Hand crops of ``frame`` as one input batch for a crop classifier (spec.crop says how)."""
+    crop = spec.crop or {"kind": "square", "expand": 1.0}
+    fh, fw = frame.shape[:2]
+    images = []
+    for box in np.asarray(boxes, np.float32).reshape(-1, 4):
+        x1, y1, x2, y2 = square_crop_box(box, fw, fh, float(crop.get("expand", 1.0)))
+        x1, y1 = int(np.floor(x1)), int(np.floor(y1))
+        x2, y2 = max(int(np.ceil(x2)), x1 + 1), max(int(np.ceil(y2)), y1 + 1)
+        images.append(resize_frame(frame[y1:y2, x1:x2], spec)[0])
+    in_h, in_w = spec.input_size
+    if not images:
+        return to_tensor(np.zeros((0, in_h, in_w, 3), np.uint8), spec)
+    return to_tensor(np.stack(images), spec)
+
+
+def postprocess_classifier(outputs: dict[str, np.ndarray], spec: ModelSpec) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (N, C) -> (class index, probability) per row."""
+    probs = activate(output(outputs, spec, "logits").reshape(-1, len(spec.classes)), spec.score_activation)
+    ids = probs.argmax(axis=1)
+    return ids.astype(np.int64), probs[np.arange(len(ids)), ids].astype(np.float32)
