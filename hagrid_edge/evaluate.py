@@ -113,10 +113,10 @@ def f1_scores(targets: Iterable[str], predictions: Iterable[str]) -> dict:
         tp = sum(1 for a, b in zip(t, p, strict=True) if a == c and b == c)
         fp = sum(1 for a, b in zip(t, p, strict=True) if a != c and b == c)
         fn = sum(1 for a, b in zip(t, p, strict=True) if a == c and b != c)
-        per_class[c] = round(200.0 * tp / max(2 * tp + fp + fn, 1), 2)
+        per_class[c] = 200.0 * tp / max(2 * tp + fp + fn, 1)
     acc = 100.0 * sum(1 for a, b in zip(t, p, strict=True) if a == b) / max(len(t), 1)
     return {"f1": round(float(np.mean(list(per_class.values()))) if per_class else 0.0, 2),
-            "accuracy": round(acc, 2), "per_class": per_class}
+            "accuracy": round(acc, 2), "per_class": {c: round(v, 2) for c, v in per_class.items()}}
 
 
 def evaluate_classifier(classifier, samples: Sequence[Sample], progress: bool = True) -> dict:

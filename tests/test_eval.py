@@ -1,0 +1,94 @@
+"""`hagrid-edge eval` on the real HaGRID models and images, and its errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from hagrid_edge.cli import main
+from hagrid_edge.data.annotations import load_split
+from hagrid_edge.evaluate import f1_scores
+from hagrid_edge.images import read_rgb
+from hagrid_edge.pipeline import load_pipeline
+from hagrid_edge.processing import preprocess
+from hagrid_edge.spec import resolve_spec
+
+
+def _eval_json(capsys, *args: str) -> dict:
+    assert main(["eval", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_hand_detector_scores_like_the_authors_report(capsys, mini_root, hand_detector) -> None:
+    r = _eval_json(capsys, "--model", str(hand_detector), "--data", str(mini_root), "--split", "val",
+                   "--task", "hands")
+    assert r["images"] == 167 and set(r["per_class"]) == {"hand"}
+    # The issue's expectation on this split is about 58 / 81 (FP32 ONNX Runtime).
+    assert 54 <= r["mAP50_95"] <= 62 and 78 <= r["mAP50"] <= 87
+
+
+def test_two_stage_pair_scores_gestures(capsys, mini_root, hand_detector, crop_classifier) -> None:
+    r = _eval_json(capsys, "--model", str(hand_detector), "--classifier", str(crop_classifier),
+                   "--data", str(mini_root), "--split", "val", "--task", "gestures")
+    assert 47 <= r["mAP50_95"] <= 57 and 64 <= r["mAP50"] <= 75
+    assert "no_gesture" in r["per_class"] and "palm" in r["per_class"]
+
+
+def test_crop_classifier_f1_on_annotated_hands(capsys, mini_root, crop_classifier) -> None:
+    r = _eval_json(capsys, "--model", str(crop_classifier), "--data", str(mini_root), "--split", "val",
+                   "--limit", "60")
+    assert r["task"] == "classify" and r["samples"] >= 60
+    assert r["accuracy"] > 60 and r["f1"] > 40
+
+
+def test_nms_outputs_are_mapped_back_to_frame_pixels(mini_root, hand_detector) -> None:
+    s = load_split(mini_root, "val")[3]
+    frame = read_rgb(s.image_path)
+    spec = resolve_spec(hand_detector)
+    x, _ = preprocess(frame, spec)
+    boxes, _, scores = ort.InferenceSession(str(hand_detector)).run(None, {"input": x})
+    dets = load_pipeline(hand_detector, score_threshold=0.0)(frame)
+    h, w = frame.shape[:2]
+    order = np.argsort(-scores, kind="stable")
+    np.testing.assert_allclose(dets.boxes, np.clip(boxes[order] * [w, h, w, h], 0, [w, h, w, h]), rtol=1e-4)
+    assert dets.labels == ["hand"] * len(scores)
+
+
+def test_f1_is_macro_over_target_classes() -> None:
+    r = f1_scores(["a", "a", "b", "b"], ["a", "b", "b", "b"])
+    assert r["accuracy"] == 75.0
+    assert r["per_class"] == {"a": pytest.approx(66.67), "b": 80.0}
+    assert r["f1"] == pytest.approx(73.33, abs=0.01)  # mean of 66.67 and 80
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "/nonexistent-root"], "/nonexistent-root: no such data root"),
+    (["--split", "nosuch"], "no annotations for split 'nosuch' (found: subsample, train, val)"),
+    (["--model", "README.md"], "unsupported model format '.md'"),
+    (["--model", "setup.cfg.onnx"], "no such model file"),
+])
+def test_bad_input_is_one_line_and_exit_1(mini_root, hand_detector, args, message) -> None:
+    base = {"--model": str(hand_detector), "--data": str(mini_root), "--split": "val"}
+    for k, v in zip(args[::2], args[1::2], strict=True):
+        base[k] = v
+    cmd = [sys.executable, "-m", "hagrid_edge.cli", "eval", *[x for kv in base.items() for x in kv], "--json"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stderr
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert message in p.stderr
+
+
+def test_corrupt_model_file_is_one_line(tmp_path, mini_root, hand_detector) -> None:
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(hand_detector.read_bytes()[:5000])
+    spec = tmp_path / "spec.json"
+    spec.write_text(resolve_spec(hand_detector).to_json())
+    p = subprocess.run([sys.executable, "-m", "hagrid_edge.cli", "eval", "--model", str(bad), "--spec", str(spec),
+                        "--data", str(mini_root)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "broken.onnx: ONNX Runtime cannot load it" in p.stderr

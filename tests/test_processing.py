@@ -1,0 +1,115 @@
+"""The shared pre/post-processing against torchvision's reference ops, on real HaGRID boxes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchvision.models.detection._utils import BoxCoder
+from torchvision.ops import batched_nms as tv_batched_nms
+
+from hagrid_edge.data.annotations import load_split
+from hagrid_edge.images import read_rgb
+from hagrid_edge.processing import (
+    Geometry,
+    batched_nms,
+    crop_inputs,
+    decode_ssd,
+    fit,
+    preprocess,
+    resize_frame,
+    square_crop_box,
+    to_tensor,
+)
+from hagrid_edge.spec import ModelSpec, Quant, resolve_spec
+
+
+@pytest.fixture(scope="module")
+def val_samples(mini_root):
+    return load_split(mini_root, "val")
+
+
+def _letterbox_spec(**kw) -> ModelSpec:
+    return ModelSpec(task="detector", classes=["hand"], input_size=(320, 320), outputs="nms",
+                     output_names={"boxes": "b", "scores": "s", "labels": "l"}, **kw)
+
+
+def _jittered_real_boxes(samples, copies: int = 6):
+    """Real annotation boxes (pixels of a 683x512 frame), each with jittered near-duplicates."""
+    rng = np.random.default_rng(0)
+    real = np.concatenate([s.boxes_xyxy(683, 512) for s in samples[:40]])
+    boxes = np.repeat(real, copies, axis=0) + rng.normal(0, 6, (len(real) * copies, 4)).astype(np.float32)
+    boxes[:, 2:] = np.maximum(boxes[:, 2:], boxes[:, :2] + 1)
+    scores = rng.random(len(boxes)).astype(np.float32)
+    classes = rng.integers(0, 3, len(boxes))
+    return boxes, scores, classes
+
+
+def test_batched_nms_matches_torchvision(val_samples) -> None:
+    boxes, scores, classes = _jittered_real_boxes(val_samples)
+    for iou in (0.3, 0.5, 0.7):
+        ours = batched_nms(boxes, scores, classes, iou)
+        ref = tv_batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(classes), iou)
+        np.testing.assert_array_equal(ours, ref.numpy())
+
+
+def test_decode_matches_torchvision_box_coder(val_samples) -> None:
+    rng = np.random.default_rng(1)
+    anchors_xyxy = np.concatenate([s.boxes_xyxy(320, 320) for s in val_samples[:50]])
+    rel = rng.normal(0, 1, anchors_xyxy.shape).astype(np.float32)
+    ref = BoxCoder((10.0, 10.0, 5.0, 5.0)).decode_single(torch.from_numpy(rel), torch.from_numpy(anchors_xyxy))
+    wh = anchors_xyxy[:, 2:] - anchors_xyxy[:, :2]
+    priors = np.concatenate([anchors_xyxy[:, :2] + wh / 2, wh], axis=1)
+    np.testing.assert_allclose(decode_ssd(rel, priors, (10, 10, 5, 5)), ref.numpy(), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("resize", ["letterbox", "stretch"])
+def test_geometry_round_trip_and_letterbox_padding(val_samples, resize) -> None:
+    s = val_samples[0]
+    frame = read_rgb(s.image_path)
+    spec = _letterbox_spec(resize=resize, pad_value=114)
+    image, geo = resize_frame(frame, spec)
+    assert image.shape == (320, 320, 3)
+    gt = s.boxes_xyxy(frame.shape[1], frame.shape[0])
+    np.testing.assert_allclose(geo.to_frame(geo.to_input(gt)), gt, atol=1e-3)
+    if resize == "letterbox":
+        assert geo.scale_x == pytest.approx(geo.scale_y, rel=1e-2)  # aspect kept
+        assert geo.pad_x > 0 and (image[:, : int(geo.pad_x)] == 114).all()
+    else:
+        assert geo.pad_x == geo.pad_y == 0
+
+
+def test_fit_is_centred_for_portrait_and_landscape() -> None:
+    g = fit(683, 512, 320, 320, "letterbox")
+    assert g.pad_x == 0 and g.pad_y == (320 - round(512 * 320 / 683)) // 2
+    g = fit(512, 683, 320, 320, "letterbox")
+    assert g.pad_y == 0 and g.pad_x > 0
+    assert isinstance(g, Geometry)
+
+
+def test_to_tensor_normalises_and_quantizes(val_samples) -> None:
+    frame = read_rgb(val_samples[0].image_path)
+    spec = _letterbox_spec(mean=(127, 127, 127), std=(128, 128, 128))
+    x, _ = preprocess(frame, spec)
+    assert x.shape == (1, 3, 320, 320) and x.dtype == np.float32
+    assert -1.0 <= x.min() and x.max() <= 1.0
+    q = _letterbox_spec(mean=(127, 127, 127), std=(128, 128, 128), layout="NHWC", input_dtype="int8",
+                        input_quant=Quant(1 / 128, 0, "int8"))
+    xq, _ = preprocess(frame, q)
+    assert xq.shape == (1, 320, 320, 3) and xq.dtype == np.int8
+    np.testing.assert_allclose(q.input_quant.dequantize(xq), x.transpose(0, 2, 3, 1), atol=1 / 128 + 1e-6)
+    bgr = _letterbox_spec(color="BGR")
+    image, _ = resize_frame(frame, bgr)
+    np.testing.assert_allclose(to_tensor(image[None], bgr)[0, 0], image[..., 2] / 255.0, atol=1e-6)
+
+
+def test_square_crops_follow_the_authors_recipe(val_samples, crop_classifier) -> None:
+    s = val_samples[0]
+    frame = read_rgb(s.image_path)
+    box = s.boxes_xyxy(frame.shape[1], frame.shape[0])[0]
+    sq = square_crop_box(box, frame.shape[1], frame.shape[0])
+    side = max(box[2] - box[0], box[3] - box[1])
+    assert sq[2] - sq[0] == pytest.approx(side, abs=1e-3) or sq[0] == 0 or sq[2] == frame.shape[1]
+    x = crop_inputs(frame, np.stack([box, box]), resolve_spec(crop_classifier))
+    assert x.shape == (2, 3, 128, 128)
+    assert crop_inputs(frame, np.zeros((0, 4)), resolve_spec(crop_classifier)).shape == (0, 3, 128, 128)
