@@ -11,6 +11,7 @@ from hagrid_edge.errors import HagridEdgeError
 
 # Subcommand modules, in the order ``--help`` lists them.
 COMMANDS = (
+    "hagrid_edge.commands.data",
     "hagrid_edge.commands.eval",
 )
 
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     except HagridEdgeError as e:
         print(f"hagrid-edge {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into e.g. `head`, which closed early
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"hagrid-edge {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -5,22 +5,35 @@ Generations (fields of one image entry, keyed by image id, one JSON file per ges
   2.0  bboxes, labels, user_id
   v2   bboxes, labels, hand_landmarks, united_bbox, united_label, user_id, meta
 Boxes are normalised [x, y, w, h]; ``null`` appears for unknown users, missing landmarks and
-united boxes. Parsing collects every problem as ``file:image_id: what`` instead of stopping at
-the first, so ``data check`` can list them all and loaders can refuse with one clear line.
+united boxes, and v1 writes ``[]`` for a hand MediaPipe found no landmarks for.
+
+Layouts (``root`` is the folder holding them):
+  v1       train_val_<g>/ + ann_train_val/<g>.json, test/<g>/ + ann_test/, subsample/<g>/ + ann_subsample/
+  2.0, v2  hagrid_dataset*/<g>/ + annotations/{train,val,test,subsample}/<g>.json
+A v1 root has no separate train and val: asking for either derives it from ``train_val`` by user
+(``hagrid_edge.data.splits``). Parsing collects every problem as ``file:image_id: what`` instead
+of stopping at the first, so ``data check`` can list them all and loaders can refuse with one line.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hagrid_edge.data.splits import DEFAULT_SEED, DEFAULT_VAL_FRACTION, split_by_user
 from hagrid_edge.errors import DataError
-from hagrid_edge.labels import KNOWN_LABELS, LEADING_HANDS
+from hagrid_edge.labels import KNOWN_LABELS, LEADING_HANDS, NO_GESTURE
+
+# The split a v1 root ships instead of separate train and val, and what is derived from it.
+TRAIN_VAL = "train_val"
+DERIVED_SPLITS = ("train", "val")
+LANDMARK_POINTS = 21
 
 
 @dataclass
@@ -37,6 +50,7 @@ class Sample:
     united_box: list[float] | None = None
     united_label: str | None = None
     meta: dict[str, Any] | None = None
+    source: str = ""  # the annotation file the entry came from
 
     def boxes_xyxy(self, width: int, height: int) -> np.ndarray:
         """Boxes in pixels of a ``width`` x ``height`` image, as x1, y1, x2, y2."""
@@ -45,6 +59,19 @@ class Sample:
         out[:, 0], out[:, 1] = b[:, 0] * width, b[:, 1] * height
         out[:, 2], out[:, 3] = (b[:, 0] + b[:, 2]) * width, (b[:, 1] + b[:, 3]) * height
         return out
+
+    def landmark_array(self, index: int) -> np.ndarray | None:
+        """Normalised (21, 2) landmarks of box ``index``, or None where the annotation has none."""
+        if not self.landmarks or self.landmarks[index] is None:
+            return None
+        return np.asarray(self.landmarks[index], dtype=np.float32).reshape(-1, 2)
+
+    def gesture_index(self) -> int | None:
+        """Index of the box that shows the file's gesture (the leading hand), None if none does."""
+        for i, label in enumerate(self.labels):
+            if label == self.gesture:
+                return i
+        return None
 
 
 @dataclass(frozen=True)
@@ -58,13 +85,16 @@ class Problem:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    t = type(v)  # exact types: bool is an int subclass but no coordinate
+    return t is int or (t is float and math.isfinite(v))
 
 
 def _check_box(box: Any) -> str | None:
-    if not isinstance(box, list) or len(box) != 4 or not all(_is_number(v) for v in box):
+    if type(box) is not list or len(box) != 4:
         return f"box {box!r} is not 4 numbers"
     x, y, w, h = box
+    if not (_is_number(x) and _is_number(y) and _is_number(w) and _is_number(h)):
+        return f"box {box!r} is not 4 numbers"
     if w <= 0 or h <= 0:
         return f"box {box} has no positive size"
     eps = 1e-3  # annotations carry float noise at the borders
@@ -79,7 +109,16 @@ def _check_points(points: Any) -> str | None:
     if not isinstance(points, list) or not all(
             isinstance(p, list) and len(p) == 2 and all(_is_number(v) for v in p) for p in points):
         return "landmarks are not a list of [x, y] points"
+    if len(points) != LANDMARK_POINTS:
+        return f"landmarks have {len(points)} points, not {LANDMARK_POINTS}"
     return None
+
+
+def _unwrap_united(value: Any) -> Any:
+    """v2 writes united_bbox / united_label as one-element lists (holding null for one-handed gestures)."""
+    if isinstance(value, list) and len(value) == 1 and (value[0] is None or isinstance(value[0], (list, str))):
+        return value[0]
+    return value
 
 
 def parse_entry(image_id: str, entry: Any, gesture: str, image_dir: Path, source: str,
@@ -93,13 +132,14 @@ def parse_entry(image_id: str, entry: Any, gesture: str, image_dir: Path, source
         return None
     n_before = len(problems)
     boxes, labels = entry.get("bboxes"), entry.get("labels")
-    if not isinstance(boxes, list):
+    lists_ok = True
+    if type(boxes) is not list:
         bad("bboxes missing or not a list")
-        boxes = []
-    if not isinstance(labels, list) or not all(isinstance(v, str) for v in labels):
+        boxes, lists_ok = [], False
+    if type(labels) is not list or not all(type(v) is str for v in labels):
         bad("labels missing or not a list of names")
-        labels = []
-    if len(boxes) != len(labels):
+        labels, lists_ok = [], False
+    if lists_ok and len(boxes) != len(labels):
         bad(f"{len(boxes)} bboxes but {len(labels)} labels")
     for box in boxes:
         err = _check_box(box)
@@ -118,7 +158,7 @@ def parse_entry(image_id: str, entry: Any, gesture: str, image_dir: Path, source
             for pts in landmarks:
                 err = _check_points(pts)
                 if err:
-                    bad(err)
+                    bad(f"{key}: {err}")
             landmarks = [pts or None for pts in landmarks]
     leading = entry.get("leading_hand")
     if leading is not None and leading not in LEADING_HANDS:
@@ -129,16 +169,16 @@ def parse_entry(image_id: str, entry: Any, gesture: str, image_dir: Path, source
     user = entry.get("user_id")
     if user is not None and not isinstance(user, str):
         bad(f"user_id {user!r} is not a string")
-    united_box, united_label = entry.get("united_bbox"), entry.get("united_label")
-    # v2 writes united_bbox / united_label as one-element lists holding null when there is none.
-    if isinstance(united_box, list) and united_box and (united_box[0] is None or isinstance(united_box[0], list)):
-        united_box = united_box[0]
-    if isinstance(united_label, list):
-        united_label = united_label[0] if united_label else None
+    united_box, united_label = _unwrap_united(entry.get("united_bbox")), _unwrap_united(entry.get("united_label"))
     if united_box is not None:
         err = _check_box(united_box)
         if err:
             bad(f"united_bbox: {err}")
+    if united_label is not None and united_label not in KNOWN_LABELS:
+        bad(f"united_label {united_label!r} is not a known label")
+    meta = entry.get("meta")
+    if meta is not None and not isinstance(meta, dict):
+        bad(f"meta is {type(meta).__name__}, not an object")
     if len(problems) > n_before:
         return None
     return Sample(
@@ -153,7 +193,8 @@ def parse_entry(image_id: str, entry: Any, gesture: str, image_dir: Path, source
         leading_conf=float(conf) if conf is not None else None,
         united_box=united_box,
         united_label=united_label,
-        meta=entry.get("meta") if isinstance(entry.get("meta"), dict) else None,
+        meta=meta,
+        source=source,
     )
 
 
@@ -183,7 +224,7 @@ def parse_file(path: Path, image_dir: Path, problems: list[Problem]) -> list[Sam
 # ---- layouts --------------------------------------------------------------------------------
 def annotation_dir(root: Path, split: str) -> Path | None:
     """Where ``split``'s per-gesture JSON files live, for either layout."""
-    for cand in (root / "annotations" / split, root / f"ann_{split}"):
+    for cand in (root / "annotations" / split, root / "hagrid_annotations" / split, root / f"ann_{split}"):
         if cand.is_dir():
             return cand
     return None
@@ -200,21 +241,31 @@ def image_dir(root: Path, split: str, gesture: str) -> Path:
 
 
 def available_splits(root: Path) -> list[str]:
-    names = set()
-    if (root / "annotations").is_dir():
-        names |= {d.name for d in (root / "annotations").iterdir() if d.is_dir()}
+    """Splits with annotation folders under ``root`` (``train_val`` for a v1 root, not its derived halves)."""
+    names: set[str] = set()
+    for parent in (root / "annotations", root / "hagrid_annotations"):
+        if parent.is_dir():
+            names |= {d.name for d in parent.iterdir() if d.is_dir()}
     names |= {d.name.removeprefix("ann_") for d in root.glob("ann_*") if d.is_dir()}
     return sorted(names)
 
 
-def load_split(root: str | Path, split: str, targets: list[str] | None = None,
-               problems: list[Problem] | None = None) -> list[Sample]:
+def load_split(root: str | Path, split: str, targets: Iterable[str] | None = None,
+               problems: list[Problem] | None = None, *, val_fraction: float = DEFAULT_VAL_FRACTION,
+               seed: int = DEFAULT_SEED) -> list[Sample]:
     """Samples of ``split`` under ``root``. With ``problems`` given, bad entries are collected there
-    and skipped; without it, the first problem raises ``DataError``."""
+    and skipped; without it, the first problem raises ``DataError``.
+
+    ``targets`` keeps only those gestures' files. On a v1 root, ``train`` and ``val`` are the two
+    user-disjoint parts of ``train_val`` (``val_fraction`` of the users, chosen by ``seed``)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such data root")
     ann = annotation_dir(root, split)
+    if ann is None and split in DERIVED_SPLITS and annotation_dir(root, TRAIN_VAL) is not None:
+        pool = load_split(root, TRAIN_VAL, targets, problems)
+        train, val = split_by_user(pool, val_fraction, seed)
+        return train if split == "train" else val
     if ann is None:
         have = available_splits(root)
         raise DataError(f"{root}: no annotations for split {split!r} (found: {', '.join(have) or 'none'})")
@@ -234,3 +285,29 @@ def load_split(root: str | Path, split: str, targets: list[str] | None = None,
         if problems is None and collected:
             raise DataError(str(collected[0]))
     return samples
+
+
+# ---- index helpers --------------------------------------------------------------------------
+def drop_labels(samples: Iterable[Sample], labels: Iterable[str] = (NO_GESTURE,),
+                keep_empty: bool = False) -> list[Sample]:
+    """Copies of ``samples`` without the boxes (and their landmarks) labelled ``labels``.
+
+    Images left with no box are dropped unless ``keep_empty`` (a detector's pure negatives)."""
+    drop = set(labels)
+    out = []
+    for s in samples:
+        keep = [i for i, label in enumerate(s.labels) if label not in drop]
+        if len(keep) == len(s.labels):
+            out.append(s)
+            continue
+        if not keep and not keep_empty:
+            continue
+        out.append(replace(
+            s, boxes=s.boxes[keep].reshape(-1, 4), labels=[s.labels[i] for i in keep],
+            landmarks=[s.landmarks[i] for i in keep] if s.landmarks is not None else None))
+    return out
+
+
+def label_names(samples: Iterable[Sample]) -> set[str]:
+    """Every box label used by ``samples``."""
+    return {label for s in samples for label in s.labels}
