@@ -10,7 +10,7 @@ raised for a frame that could not be decoded (the caller skips and counts it).
 | ``usb://0``, ``/dev/video0`` | V4L2 camera                                              |
 | ``rtsp://...``, ``http://...`` | network stream                                         |
 | ``file.mp4`` (any video)     | video file, every frame in order                         |
-| a folder                     | its images in name order                                 |
+| a folder                     | its images (subfolders too) in path order                                |
 | ``-``                        | concatenated JPEG/PNG images on stdin (e.g. ffmpeg ``-f image2pipe``) |
 """
 
@@ -31,6 +31,7 @@ from hagrid_edge.images import read_rgb
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # A video file whose reads fail this many times in a row has ended (or is beyond repair).
 MAX_CONSECUTIVE_FAILURES = 5
+STREAM_TIMEOUT_MS = 5000
 
 
 class CorruptFrame(Exception):
@@ -40,6 +41,7 @@ class CorruptFrame(Exception):
 class FrameSource(Protocol):
     uri: str
     live: bool  # camera or network stream: keep only the newest frame, reconnect when lost
+    fps: float | None  # nominal frame rate, if the source declares one
 
     def open(self) -> None:
         """Open (or reopen) the device/file; ``HagridEdgeError`` naming the URI if it cannot."""
@@ -69,14 +71,19 @@ class VideoCaptureSource:
         self.width, self.height = width, height
         self.cap: cv2.VideoCapture | None = None
         self.frame_count = 0  # frames the container declares (files), 0 if unknown
+        self.fps: float | None = None
         self._failures = 0
+        self._seen = 0  # frames read or skipped so far
 
     def open(self) -> None:
         self.close()
-        if self.api == cv2.CAP_FFMPEG and isinstance(self.target, str) and self.target.startswith("rtsp"):
-            # Small receive buffers: a network stream must not queue seconds of frames.
+        params: list[int] = []
+        if self.live and self.api == cv2.CAP_FFMPEG:
+            # A network stream: no client-side buffering (it would add seconds of lag), and bounded
+            # waits so a dropped connection ends a read and the capture thread can reconnect.
             os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp|fflags;nobuffer")
-        cap = cv2.VideoCapture(self.target, self.api)
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
+        cap = cv2.VideoCapture(self.target, self.api, params)
         if not cap.isOpened():
             cap.release()
             raise HagridEdgeError(f"--source {self.uri}: cannot open it")
@@ -86,7 +93,9 @@ class VideoCaptureSource:
                 cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
                 cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
         self.frame_count = max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
-        self.cap, self._failures = cap, 0
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if 0 < fps < 1000 else None
+        self.cap, self._failures, self._seen = cap, 0, 0
 
     def read(self) -> np.ndarray | None:
         if self.cap is None:
@@ -94,15 +103,16 @@ class VideoCaptureSource:
         ok, frame = self.cap.read()
         if ok and frame is not None and frame.size:
             self._failures = 0
+            self._seen += 1
             return _bgr_to_rgb(frame)
         if self.live:
             return None
-        # A file: a failed read before the declared end is a damaged frame; several in a row, the end.
+        # A file: a failed read before the declared frame count is a damaged frame; several in a row, the end.
         self._failures += 1
-        pos = int(self.cap.get(cv2.CAP_PROP_POS_FRAMES))
-        if self._failures >= MAX_CONSECUTIVE_FAILURES or not self.frame_count or pos >= self.frame_count:
+        if self._failures >= MAX_CONSECUTIVE_FAILURES or self._seen >= self.frame_count:
             return None
-        raise CorruptFrame(f"{self.uri}: frame {pos} cannot be decoded")
+        self._seen += 1
+        raise CorruptFrame(f"{self.uri}: frame {self._seen - 1} cannot be decoded")
 
     def close(self) -> None:
         if self.cap is not None:
@@ -111,9 +121,10 @@ class VideoCaptureSource:
 
 
 class ImageFolderSource:
-    """The images of a folder in name order, each one frame."""
+    """The images of a folder and its subfolders in path order, each one frame."""
 
     live = False
+    fps = 1.0  # a slideshow: each photo one second in an output video
 
     def __init__(self, uri: str, folder: Path) -> None:
         self.uri, self.folder = uri, folder
@@ -121,7 +132,7 @@ class ImageFolderSource:
         self._next = 0
 
     def open(self) -> None:
-        self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.files = sorted(p for p in self.folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.files:
             raise HagridEdgeError(f"--source {self.uri}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
         self._next = 0
@@ -151,6 +162,7 @@ class StdinSource:
     """Concatenated JPEG or PNG images on a byte stream (``ffmpeg ... -f image2pipe -``)."""
 
     live = False
+    fps = None
     _JPEG_END, _PNG_END = b"\xff\xd9", b"IEND\xaeB`\x82"
 
     def __init__(self, uri: str, stream: BinaryIO | None = None) -> None:

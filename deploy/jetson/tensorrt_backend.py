@@ -1,0 +1,191 @@
+"""TensorRT adapter for ``.trt`` / ``.engine`` files, with CUDA through cuda-python.
+
+Before deserializing, the engine's record (``provenance.engine`` in its ``<engine>.json`` sidecar)
+is checked against the running TensorRT version and GPU; an engine from elsewhere is refused with
+the command that rebuilds it here. Both TensorRT APIs are served: named I/O tensors
+(``execute_async_v3``, TensorRT >= 8.5: JetPack 5.1 and 6) and bindings (``execute_async_v2``,
+TensorRT 8.2 on JetPack 4.6). Outputs must have static shapes (raw SSD heads, logits): an engine
+with NMS inside has data-dependent output sizes and is refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from hagrid_edge.deploy.jetson.build_engine import device_identity
+from hagrid_edge.deploy.jetson.engine_meta import check_compatible, engine_info
+
+from hagrid_edge.errors import HagridEdgeError
+from hagrid_edge.spec import ModelSpec
+
+
+def _import_tensorrt() -> ModuleType:
+    try:
+        import tensorrt
+    except ImportError:
+        raise HagridEdgeError("TensorRT's Python bindings are not installed: on a Jetson they come with JetPack "
+                              "(apt-get install python3-libnvinfer); see deploy/jetson/README.md") from None
+    return tensorrt
+
+
+def _import_cudart() -> ModuleType:
+    try:
+        from cuda.bindings import runtime  # cuda-python >= 12.6
+    except ImportError:
+        try:
+            from cuda import cudart as runtime  # older cuda-python
+        except ImportError:
+            raise HagridEdgeError("cuda-python is not installed: pip install 'hagrid-edge[jetson]' "
+                                  "(cuda-python matching the JetPack CUDA version)") from None
+    return runtime
+
+
+class _Cuda:
+    """The few CUDA runtime calls the adapter needs, with errors turned into one clear line."""
+
+    def __init__(self, rt: ModuleType, engine: Path) -> None:
+        self.rt, self.engine = rt, engine
+
+    def call(self, name: str, *args: Any) -> Any:
+        err, *values = getattr(self.rt, name)(*args)
+        if err != self.rt.cudaError_t.cudaSuccess:
+            raise HagridEdgeError(f"{self.engine}: CUDA {name} failed ({self.rt.cudaGetErrorName(err)[1]!r})")
+        return values[0] if len(values) == 1 else None
+
+    def h2d(self, dst: int, src: np.ndarray, stream: Any) -> None:
+        self.call("cudaMemcpyAsync", dst, src.ctypes.data, src.nbytes,
+                  self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice, stream)
+
+    def d2h(self, dst: np.ndarray, src: int, stream: Any) -> None:
+        self.call("cudaMemcpyAsync", dst.ctypes.data, src, dst.nbytes,
+                  self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream)
+
+
+def _device_index(device: str) -> int:
+    """``cpu`` (the generic default) and ``cuda`` mean GPU 0; ``cuda:N`` GPU N."""
+    if device in ("cpu", "cuda", "tensorrt"):
+        return 0
+    if device.startswith("cuda:") and device[5:].isdigit():
+        return int(device[5:])
+    raise HagridEdgeError(f"--device {device!r}: TensorRT runs on a GPU: cuda or cuda:N")
+
+
+class TensorRTBackend:
+    def __init__(self, path: Path, spec: ModelSpec, threads: int | None = None, device: str = "cpu") -> None:
+        trt = _import_tensorrt()
+        self.cuda = _Cuda(_import_cudart(), path)
+        self.path, self.spec, self.name = path, spec, "tensorrt-cuda"
+        info = engine_info(spec, path)
+        index = _device_index(device)
+        self.cuda.call("cudaSetDevice", index)
+        gpu, compute_capability = device_identity(self.cuda.rt, index)  # as the builder recorded them
+        check_compatible(info, path, trt.__version__, gpu, compute_capability)
+
+        self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise HagridEdgeError(f"{path}: TensorRT cannot deserialize it (not an engine, or a damaged one); "
+                                  f"rebuild it here: {info.rebuild_command(path)}")
+        self.context = self.engine.create_execution_context()
+        self._v3 = hasattr(self.engine, "num_io_tensors")
+        io = self._io(trt)
+        inputs = [n for n, (is_in, _, _) in io.items() if is_in]
+        outputs = {n for n, (is_in, _, _) in io.items() if not is_in}
+        if spec.input_name not in inputs:
+            raise HagridEdgeError(f"{path}: the spec's input {spec.input_name!r} is not an engine input {inputs}")
+        missing = sorted(set(spec.output_names.values()) - outputs)
+        if missing:
+            raise HagridEdgeError(f"{path}: the spec names outputs {missing} the engine lacks {sorted(outputs)}")
+        _, in_shape, in_dtype = io[spec.input_name]
+        if in_dtype != np.dtype(spec.input_dtype):
+            raise HagridEdgeError(f"{path}: the engine's input is {in_dtype}, the spec says {spec.input_dtype}")
+        self._in_dtype = in_dtype
+        self._dynamic_batch = in_shape[0] < 0
+        max_shape = self._max_input_shape(in_shape)
+        self.max_batch = int(max_shape[0])
+        self._set_input_shape(max_shape)
+        self._stream = self.cuda.call("cudaStreamCreate")
+        self._buffers: dict[str, int] = {}
+        self._out_dtypes: dict[str, np.dtype] = {}
+        for name, (is_in, _, dtype) in io.items():
+            shape = max_shape if is_in else self._shape(name)
+            if any(d < 0 for d in shape):
+                raise HagridEdgeError(f"{path}: output {name!r} has a data-dependent shape {tuple(shape)} (NMS "
+                                      "inside the engine); build the engine from an ONNX with raw outputs (ssd_raw)")
+            self._buffers[name] = self.cuda.call("cudaMalloc", max(int(np.prod(shape)) * dtype.itemsize, 1))
+            if not is_in:
+                self._out_dtypes[name] = dtype
+        self._order = list(io)  # binding order (TensorRT 8.2)
+        if self._v3:
+            for name, ptr in self._buffers.items():
+                self.context.set_tensor_address(name, ptr)
+
+    # ---- the two TensorRT APIs ------------------------------------------------------------------
+    def _io(self, trt: ModuleType) -> dict[str, tuple[bool, tuple[int, ...], np.dtype]]:
+        """name -> (is input, shape, numpy dtype), in binding order."""
+        e = self.engine
+        if self._v3:
+            return {(n := e.get_tensor_name(i)): (e.get_tensor_mode(n) == trt.TensorIOMode.INPUT,
+                                                  tuple(e.get_tensor_shape(n)), np.dtype(trt.nptype(e.get_tensor_dtype(n))))
+                    for i in range(e.num_io_tensors)}
+        return {e.get_binding_name(i): (e.binding_is_input(i), tuple(e.get_binding_shape(i)),
+                                        np.dtype(trt.nptype(e.get_binding_dtype(i))))
+                for i in range(e.num_bindings)}
+
+    def _max_input_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        if all(d >= 0 for d in shape):
+            return shape
+        name = self.spec.input_name
+        if self._v3:
+            profile = self.engine.get_tensor_profile_shape(name, 0)
+        else:
+            profile = self.engine.get_profile_shape(0, self._binding(name))
+        return tuple(profile[2])  # (min, opt, max)
+
+    def _binding(self, name: str) -> int:
+        return self.engine.get_binding_index(name)
+
+    def _set_input_shape(self, shape: tuple[int, ...]) -> None:
+        if self._v3:
+            self.context.set_input_shape(self.spec.input_name, shape)
+        else:
+            self.context.set_binding_shape(self._binding(self.spec.input_name), shape)
+
+    def _shape(self, name: str) -> tuple[int, ...]:
+        if self._v3:
+            return tuple(self.context.get_tensor_shape(name))
+        return tuple(self.context.get_binding_shape(self._binding(name)))
+
+    # ---- inference ------------------------------------------------------------------------------
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if batch.dtype != self._in_dtype:
+            raise HagridEdgeError(f"{self.path}: input is {self._in_dtype}, got {batch.dtype}; "
+                                  "the spec's input_dtype does not match the engine")
+        if len(batch) > self.max_batch or (not self._dynamic_batch and len(batch) != self.max_batch):
+            raise HagridEdgeError(f"{self.path}: batch of {len(batch)}, the engine takes "
+                                  f"{'up to ' if self._dynamic_batch else ''}{self.max_batch}")
+        if self._dynamic_batch:
+            self._set_input_shape(batch.shape)
+        batch = np.ascontiguousarray(batch)
+        self.cuda.h2d(self._buffers[self.spec.input_name], batch, self._stream)
+        if self._v3:
+            ok = self.context.execute_async_v3(int(self._stream))
+        else:
+            ok = self.context.execute_async_v2([self._buffers[n] for n in self._order], int(self._stream))
+        if not ok:
+            raise HagridEdgeError(f"{self.path}: TensorRT execution failed")
+        out = {name: np.empty(self._shape(name), dtype) for name, dtype in self._out_dtypes.items()}
+        for name, host in out.items():
+            self.cuda.d2h(host, self._buffers[name], self._stream)
+        self.cuda.call("cudaStreamSynchronize", self._stream)
+        return out
+
+    def __del__(self) -> None:
+        buffers = getattr(self, "_buffers", {})
+        for ptr in buffers.values():
+            self.cuda.rt.cudaFree(ptr)
+        if getattr(self, "_stream", None) is not None:
+            self.cuda.rt.cudaStreamDestroy(self._stream)

@@ -1,0 +1,69 @@
+"""IoU tracker and N-of-M / K debounce: per-frame labels in, gesture events out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hagrid_edge.deploy.common.debounce import DebounceConfig, Debouncer
+from hagrid_edge.deploy.common.runner import Gestures, RunOptions
+from hagrid_edge.deploy.common.tracker import IouTracker
+
+from hagrid_edge.errors import HagridEdgeError
+from hagrid_edge.processing import Detections
+
+HAND_A = np.array([100, 100, 200, 220], np.float32)
+HAND_B = np.array([400, 120, 480, 230], np.float32)
+
+
+def test_tracker_keeps_ids_while_boxes_overlap() -> None:
+    tr = IouTracker(iou_threshold=0.3, max_age=2)
+    ids, _ = tr.update(np.stack([HAND_A, HAND_B]))
+    assert ids == [1, 2]
+    ids, _ = tr.update(np.stack([HAND_B + 6, HAND_A + 8]))  # order swapped, both moved a little
+    assert ids == [2, 1]
+    ids, _ = tr.update(np.stack([HAND_A + 300]))  # far from both: a new hand
+    assert ids == [3]
+    lost = [[t.id for t in tr.update(np.zeros((0, 4)))[1]] for _ in range(3)]
+    assert lost == [[], [1, 2], [3]]  # each dropped once unseen for 3 frames > max_age 2
+    assert tr.tracks == []
+
+
+def _labels(deb: Debouncer, labels: list[str | None]) -> list[tuple[int, str, str]]:
+    out = []
+    for frame, label in enumerate(labels):
+        for e in deb.update(label, 0.9, HAND_A if label else None, frame, float(frame)):
+            out.append((frame, e.kind, e.gesture))
+    return out
+
+
+def test_n_of_m_starts_and_k_ends() -> None:
+    deb = Debouncer(1, DebounceConfig(n=3, m=5, k=2))
+    seq = ["palm", None, "palm", "no_gesture", "palm", "palm", None, None, "fist"]
+    assert _labels(deb, seq) == [(4, "start", "palm"), (7, "end", "palm")]
+
+
+def test_flicker_below_n_never_starts_and_switch_ends_previous() -> None:
+    deb = Debouncer(1, DebounceConfig(n=3, m=4, k=10))
+    assert _labels(deb, ["like", None, "like", None, "like", None]) == []
+    deb = Debouncer(2, DebounceConfig(n=2, m=3, k=10))
+    events = _labels(deb, ["palm", "palm", "fist", "fist", "fist"])
+    assert events == [(1, "start", "palm"), (3, "end", "palm"), (3, "start", "fist")]
+    assert [e.kind for e in deb.finish(5, 5.0)] == ["end"]
+
+
+def test_gestures_end_when_track_lost() -> None:
+    g = Gestures(RunOptions(debounce=DebounceConfig(2, 2, 50), track_max_age=1))
+    dets = Detections(HAND_A[None], np.array([0.9], np.float32), np.array([0]), ["ok"])
+    kinds = []
+    for frame in range(3):
+        kinds += [(e.kind, e.gesture, e.track) for e in g.update(dets, frame, float(frame))[1]]
+    for frame in range(3, 6):
+        kinds += [(e.kind, e.gesture, e.track) for e in g.update(Detections(), frame, float(frame))[1]]
+    assert kinds == [("start", "ok", 1), ("end", "ok", 1)]
+
+
+def test_bad_config() -> None:
+    with pytest.raises(HagridEdgeError, match="N <= M"):
+        DebounceConfig(n=4, m=3)
+    with pytest.raises(HagridEdgeError, match="K >= 1"):
+        DebounceConfig(k=0)
