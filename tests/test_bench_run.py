@@ -1,0 +1,206 @@
+"""``hagrid-edge bench`` for real: the authors' models, real INT8 artifacts, MediaPipe's palm detector.
+
+INT8 artifacts are made here with ONNX Runtime's static QDQ quantization of the authors' crop
+classifier: one calibrated on real hand crops (the real one), one calibrated on a single blank frame
+(the planted regression: a deliberately wrong calibration).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hagrid_edge.benchmarks import gate, report
+from hagrid_edge.cli import main
+
+LIMITS = ["--runs", "5", "--warmup", "1"]
+
+
+def _quantize(source: Path, out: Path, batches: list[np.ndarray]) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    from hagrid_edge.spec import resolve_spec, save_sidecar, sha256_file
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter({"input": b} for b in batches)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    quantize_static(str(source), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=False)
+    spec = resolve_spec(source)
+    spec.provenance = {"source_sha256": sha256_file(source), "calibration": f"{len(batches)} batches"}
+    save_sidecar(spec, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def int8_classifiers(crop_classifier, mini_root, tmp_path_factory):
+    """(real INT8, planted INT8): same file name, different folders, different calibration."""
+    from hagrid_edge.data.annotations import load_split
+    from hagrid_edge.images import read_rgb
+    from hagrid_edge.processing import crop_inputs
+    from hagrid_edge.spec import resolve_spec
+
+    spec = resolve_spec(crop_classifier)
+    crops = []
+    for s in load_split(mini_root, "subsample")[::12]:  # 30 calibration images, none from val
+        frame = read_rgb(s.image_path)
+        crops.append(crop_inputs(frame, s.boxes_xyxy(frame.shape[1], frame.shape[0])[:1], spec))
+    root = tmp_path_factory.mktemp("int8")
+    good = _quantize(crop_classifier, root / "good" / "clf_int8.onnx", crops)
+    blank = np.full((1, 3, 128, 128), -127 / 128, np.float32)  # one black frame: activation ranges collapse
+    bad = _quantize(crop_classifier, root / "planted" / "clf_int8.onnx", [blank])
+    return good, bad
+
+
+def _fp32_export(source: Path, out: Path) -> Path:
+    """The same FP32 graph re-saved with its spec embedded, as a quantizer writes the graph it quantized."""
+    import onnx
+
+    from hagrid_edge.spec import embed_in_onnx, resolve_spec, sha256_file
+
+    spec = resolve_spec(source)
+    spec.provenance = {"source_sha256": sha256_file(source), "precision": "fp32"}
+    model = onnx.load(str(source))
+    embed_in_onnx(model, spec)
+    onnx.save(model, str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def host_run(hand_detector, crop_classifier, mediapipe_dir, mini_root, int8_classifiers, tmp_path_factory):
+    """One real bench run on all of val: FP32 classifier, its FP32 re-export and real INT8, two-stage,
+    the palm detector anchor."""
+    out = tmp_path_factory.mktemp("host")
+    export = _fp32_export(crop_classifier, out / "clf_fp32.onnx")
+    args = ["bench", "--model", str(crop_classifier), str(export), str(int8_classifiers[0]),
+            f"{hand_detector}+{crop_classifier}",
+            "--latency-only", str(mediapipe_dir / "palm_detection_lite.tflite"), "--data", str(mini_root),
+            "--split", "val", "--report", str(out / "report"), "--machine", "host", "--write-baseline",
+            str(out / "baseline.json"), *LIMITS]
+    assert main(args) == 0
+    return out
+
+
+def test_report_json_schema(host_run):
+    rep = report.load_report(host_run / "report" / "report.json")
+    assert rep["schema_version"] == report.SCHEMA_VERSION and list(rep["machines"]) == ["host"]
+    assert rep["runs"]["host"]["images"] == 167 and rep["runs"]["host"]["latency"]["threads"] == 1
+    rows = {r["id"]: r for r in rep["rows"]}
+    assert list(rows) == ["crops_classifier.onnx", "clf_fp32.onnx", "clf_int8.onnx",
+                          "hand_detector.onnx+crops_classifier.onnx", "palm_detection_lite.tflite"]
+    fp32, export, int8, pair, palm = rows.values()
+    assert all(r["error"] is None and r["machine"] == "host" for r in rows.values())
+    assert (fp32["precision"], int8["precision"], palm["precision"]) == ("FP32", "INT8", "FP16")
+    # Measured by the shared eval on all 167 val images (hagrid-edge eval gives 52.07 / 69.84 for the pair).
+    assert pair["accuracy"]["gestures"]["mAP50_95"] == pytest.approx(52.07, abs=0.01)
+    assert set(pair["accuracy"]) == {"gestures", "hands"} and "like" in pair["accuracy"]["gestures"]["per_class"]
+    assert fp32["accuracy"]["classify"]["f1"] > 60 and palm["accuracy"] == {}
+    # The INT8 artifact is judged against the FP32 graph made from the same source (its sibling); that
+    # re-export against the original, which it matches exactly.
+    assert (int8["reference"], export["reference"]) == ("clf_fp32.onnx", "crops_classifier.onnx")
+    assert export["drop"] == {"classify": {"f1": 0.0}}
+    assert int8["drop"]["classify"]["f1"] == pytest.approx(
+        export["accuracy"]["classify"]["f1"] - int8["accuracy"]["classify"]["f1"], abs=0.011)
+    assert int8["latency_ratio"]["end_to_end"] > 0 and int8["size_mb"] < fp32["size_mb"]
+    for r in (fp32, int8, pair):
+        for part in ("infer", "end_to_end"):
+            lat = r["latency"][part]
+            assert lat["runs"] == 5 and 0 < lat["min_ms"] <= lat["median_ms"] <= lat["p90_ms"] <= lat["p99_ms"]
+        assert r["memory"]["peak_rss_mb"] > r["memory"]["model_rss_mb"] > 0
+    assert palm["latency"]["infer"]["runs"] == 5 and palm["latency"]["end_to_end"] is None
+
+
+def test_report_md_table(host_run):
+    md = (host_run / "report" / "report.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| device |"))
+    for column in ("artifact", "precision", "gestures mAP50-95", "hands mAP50", "classifier F1", "Δ vs FP32",
+                   "infer ms p50 / p90 / p99", "e2e ms p50", "FPS", "size MB", "peak RSS MB"):
+        assert f"| {column} |" in header
+    rows = [line for line in md.splitlines() if line.startswith("| host |")]
+    assert len(rows) == 5 and "| 52.1 | 69.8 |" in rows[3] and "latency only" in rows[4]
+    assert "## AP50-95 per class (gestures)" in md and "- **host**:" in md
+
+
+def test_plot_is_a_png(host_run):
+    png = (host_run / "report" / "latency_vs_map.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    width, height = struct.unpack(">II", png[16:24])
+    assert width > 600 and height > 300
+
+
+def test_gate_passes_on_the_real_int8(host_run):
+    rep = report.load_report(host_run / "report" / "report.json")
+    checks, failures = gate.check(rep, gate.load_baseline(host_run / "baseline.json"))
+    assert failures == [] and checks > 5
+
+
+def test_gate_fails_on_planted_regression(host_run, crop_classifier, mini_root, int8_classifiers, tmp_path, capsys):
+    args = ["bench", "--model", str(crop_classifier), str(int8_classifiers[1]), "--data", str(mini_root),
+            "--report", str(tmp_path), "--gate", "--baseline", str(host_run / "baseline.json"), *LIMITS]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "gate: FAIL clf_int8.onnx: INT8 classify f1 drop" in err
+    assert "gate: FAIL clf_int8.onnx: classify f1" in err and "below the baseline" in err
+    assert json.loads((tmp_path / "report.json").read_text())["gate"]["failures"]
+
+
+def test_merge_reports_from_two_machines(host_run, crop_classifier, mediapipe_dir, mini_root, tmp_path, capsys):
+    pi = tmp_path / "pi"
+    assert main(["bench", "--model", str(crop_classifier), "--latency-only",
+                 str(mediapipe_dir / "palm_detection_lite.tflite"), "--data", str(mini_root), "--limit", "20",
+                 "--report", str(pi), "--machine", "pi-bench", *LIMITS]) == 0
+    merged = tmp_path / "merged"
+    assert main(["bench", "--merge", str(host_run / "report" / "report.json"), str(pi / "report.json"),
+                 "--report", str(merged)]) == 0
+    rep = report.load_report(merged / "report.json")
+    assert set(rep["machines"]) == {"host", "pi-bench"} and len(rep["rows"]) == 7
+    md = (merged / "report.md").read_text()
+    assert md.count("| pi-bench |") == 2 and md.count("| host |") == 5
+    assert (merged / "latency_vs_map.png").read_bytes()[:4] == b"\x89PNG"
+    # The same machine label twice is refused: the rows could not be told apart.
+    capsys.readouterr()
+    assert main(["bench", "--merge", str(pi / "report.json"), str(pi / "report.json"), "--report",
+                 str(tmp_path / "x")]) == 1
+    assert "machine 'pi-bench' is already in an earlier report" in capsys.readouterr().err
+
+
+def test_bad_models_become_error_rows(mini_root, tmp_path, capsys):
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not a model")
+    other = tmp_path / "readme.txt"
+    other.write_text("hello")
+    assert main(["bench", "--model", str(text), str(other), str(tmp_path / "missing.onnx"), "--data", str(mini_root),
+                 "--limit", "5", "--report", str(tmp_path / "r"), *LIMITS]) == 0
+    rows = {r["id"]: r for r in report.load_report(tmp_path / "r" / "report.json")["rows"]}
+    assert "not a readable ONNX model" in rows["notes.onnx"]["error"]
+    assert "not a model artifact the bench knows" in rows["readme.txt"]["error"]
+    assert "no such model file" in rows["missing.onnx"]["error"]
+    assert "ERROR: " in (tmp_path / "r" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("data,split,message", [("nowhere", "val", "nowhere: no such data root"),
+                                                (None, "nosuch", "no annotations for split 'nosuch'")])
+def test_missing_data_is_one_clear_error(hand_detector, mini_root, tmp_path, capsys, data, split, message):
+    args = ["bench", "--model", str(hand_detector), "--data", str(tmp_path / data) if data else str(mini_root),
+            "--split", split, "--report", str(tmp_path / "r")]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hagrid-edge bench: error:") and message in err[0]
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("extra,message", [(["--reference", "int8.onnx"], "expected ARTIFACT=FP32_SOURCE"),
+                                           (["--runs", "0"], "--runs: must be at least 1")])
+def test_bad_options_are_one_clear_error(hand_detector, mini_root, tmp_path, capsys, extra, message):
+    args = ["bench", "--model", str(hand_detector), "--data", str(mini_root), "--report", str(tmp_path / "r"), *extra]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
