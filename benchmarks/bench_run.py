@@ -24,9 +24,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from hagrid_edge.deploy.common.runner import RunOptions, Summary, run_loop
 from hagrid_edge.deploy.common.sources import open_source
-
 from hagrid_edge.images import read_rgb
 from hagrid_edge.paths import DEFAULT_DATA, DEFAULT_MODELS
 from hagrid_edge.pipeline import load_pipeline

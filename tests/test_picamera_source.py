@@ -14,12 +14,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from hagrid_edge.deploy.common.capture import Capture
-from hagrid_edge.deploy.common.sources import open_source, parse_source
-from hagrid_edge.deploy.rpi.picamera_source import PicameraSource
 from test_run_cli import SEQUENCE, letterboxed
 
 from hagrid_edge.cli import main
+from hagrid_edge.deploy.common.capture import Capture
+from hagrid_edge.deploy.common.sources import open_source, parse_source
+from hagrid_edge.deploy.rpi.picamera_source import PicameraSource
 from hagrid_edge.errors import HagridEdgeError
 
 

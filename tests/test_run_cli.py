@@ -211,7 +211,6 @@ def test_stop_request_ends_a_run_whose_camera_is_gone(gesture_video: Path, hand_
 
     from hagrid_edge.deploy.common.runner import RunOptions, run_loop
     from hagrid_edge.deploy.common.sources import VideoCaptureSource
-
     from hagrid_edge.pipeline import load_pipeline
 
     cam = tmp_path / "cam.mp4"

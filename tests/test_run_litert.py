@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hagrid_edge.deploy.common.backend import open_backend
 from test_run_cli import HOLD, SEQUENCE, letterboxed, make_video, read_events
 
 from hagrid_edge.cli import main
+from hagrid_edge.deploy.common.backend import open_backend
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.paths import DEFAULT_MODELS
 from hagrid_edge.processing import preprocess, sigmoid

@@ -9,6 +9,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from test_run_cli import HOLD, SEQUENCE, letterboxed, make_video
+
 from hagrid_edge.deploy.common.capture import Capture, FrameBuffer
 from hagrid_edge.deploy.common.sources import (
     CorruptFrame,
@@ -18,8 +20,6 @@ from hagrid_edge.deploy.common.sources import (
     open_source,
     parse_source,
 )
-from test_run_cli import HOLD, SEQUENCE, letterboxed, make_video
-
 from hagrid_edge.errors import HagridEdgeError
 
 

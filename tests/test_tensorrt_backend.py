@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from hagrid_edge.deploy.common.backend import open_backend
-from hagrid_edge.deploy.jetson.engine_meta import EngineInfo, with_engine_info
 from test_run_cli import SEQUENCE, make_video, read_events
 
 from hagrid_edge.cli import main
+from hagrid_edge.deploy.common.backend import open_backend
+from hagrid_edge.deploy.jetson.engine_meta import EngineInfo, with_engine_info
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.pipeline import CropClassifier
 from hagrid_edge.processing import crop_inputs

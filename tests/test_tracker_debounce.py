@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from hagrid_edge.deploy.common.debounce import DebounceConfig, Debouncer
 from hagrid_edge.deploy.common.runner import Gestures, RunOptions
 from hagrid_edge.deploy.common.tracker import IouTracker
-
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.processing import Detections
 

@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-from hagrid_edge.deploy.common.sources import CorruptFrame, FrameSource
 
+from hagrid_edge.deploy.common.sources import CorruptFrame, FrameSource
 from hagrid_edge.errors import HagridEdgeError
 
 log = logging.getLogger("hagrid_edge.run")

@@ -22,8 +22,8 @@ from typing import IO
 
 import cv2
 import numpy as np
-from hagrid_edge.deploy.common.debounce import GestureEvent
 
+from hagrid_edge.deploy.common.debounce import GestureEvent
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.labels import NO_GESTURE
 from hagrid_edge.processing import Detections

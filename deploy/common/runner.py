@@ -21,6 +21,7 @@ from typing import Protocol
 
 import cv2
 import numpy as np
+
 from hagrid_edge.deploy.common.capture import Capture, FrameBuffer
 from hagrid_edge.deploy.common.debounce import DebounceConfig, Debouncer, GestureEvent
 from hagrid_edge.deploy.common.outputs import (
@@ -33,7 +34,6 @@ from hagrid_edge.deploy.common.outputs import (
 )
 from hagrid_edge.deploy.common.sources import FrameSource
 from hagrid_edge.deploy.common.tracker import IouTracker
-
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.paths import atomic_path
 from hagrid_edge.pipeline import StageTimes

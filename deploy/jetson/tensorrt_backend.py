@@ -15,9 +15,9 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+
 from hagrid_edge.deploy.jetson.build_engine import device_identity
 from hagrid_edge.deploy.jetson.engine_meta import check_compatible, engine_info
-
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.spec import ModelSpec
 
