@@ -13,6 +13,7 @@ from hagrid_edge.errors import HagridEdgeError
 COMMANDS = (
     "hagrid_edge.commands.data",
     "hagrid_edge.commands.eval",
+    "hagrid_edge.commands.calibrate",
     "hagrid_edge.commands.bench",
     "hagrid_edge.commands.run",
 )

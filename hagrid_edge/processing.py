@@ -151,26 +151,30 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy NMS; indices of kept boxes by decreasing score (same rule as torchvision.ops.nms)."""
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: int | None = None) -> np.ndarray:
+    """Greedy NMS; indices of kept boxes by decreasing score (same rule as torchvision.ops.nms).
+
+    ``max_keep`` stops once that many are kept: the same first ``max_keep`` indices, far fewer steps.
+    """
     order = np.argsort(-scores, kind="stable")
     keep: list[int] = []
     while order.size:
         i = order[0]
         keep.append(int(i))
-        if order.size == 1:
+        if order.size == 1 or len(keep) == max_keep:
             break
         ious = box_iou(boxes[i:i + 1], boxes[order[1:]])[0]
         order = order[1:][ious <= iou_threshold]
     return np.asarray(keep, dtype=np.int64)
 
 
-def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float) -> np.ndarray:
+def batched_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float,
+                max_keep: int | None = None) -> np.ndarray:
     """NMS within each class (boxes of different classes never suppress each other)."""
     if len(boxes) == 0:
         return np.zeros((0,), np.int64)
     offset = (boxes.max() + 1) * classes.astype(np.float32)[:, None]
-    return nms(boxes + offset, scores, iou_threshold)
+    return nms(boxes + offset, scores, iou_threshold, max_keep)
 
 
 def postprocess_detector(outputs: dict[str, np.ndarray], spec: ModelSpec, geo: Geometry,
@@ -208,7 +212,7 @@ def postprocess_detector(outputs: dict[str, np.ndarray], spec: ModelSpec, geo: G
             cand_score.append(probs[idx, c])
             cand_cls.append(np.full(idx.size, c, np.int64))
         boxes, scores, class_ids = np.concatenate(cand_box), np.concatenate(cand_score), np.concatenate(cand_cls)
-        keep = batched_nms(boxes, scores, class_ids, spec.iou_threshold)[: spec.max_detections]
+        keep = batched_nms(boxes, scores, class_ids, spec.iou_threshold, spec.max_detections)
         boxes, scores, class_ids = boxes[keep], scores[keep], class_ids[keep]
     boxes = geo.to_frame(boxes)
     return Detections(boxes, scores.astype(np.float32), class_ids, [spec.label(int(c)) for c in class_ids])

@@ -22,6 +22,7 @@ from hagrid_edge.paths import write_text_atomic
 
 SPEC_VERSION = 1
 ONNX_METADATA_KEY = "hagrid_edge.spec"
+TFLITE_SPEC_MEMBER = "hagrid_edge.spec.json"  # file in the zip appended to a .tflite
 
 TASKS = ("detector", "classifier")
 LAYOUTS = ("NCHW", "NHWC")
@@ -257,8 +258,22 @@ def _read_onnx_embedded(path: Path) -> ModelSpec | None:
     return None
 
 
+def _read_tflite_embedded(path: Path) -> ModelSpec | None:
+    """The spec from the zip appended to a TFLite flatbuffer (TFLite's associated-file packing)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            if TFLITE_SPEC_MEMBER not in z.namelist():
+                return None
+            text = z.read(TFLITE_SPEC_MEMBER).decode("utf-8")
+    except (zipfile.BadZipFile, OSError):
+        return None
+    return ModelSpec.from_json(text, f"{path} ({TFLITE_SPEC_MEMBER})")
+
+
 # Formats that can carry the spec inside the artifact; others rely on the sidecar.
-EMBEDDED_READERS = {".onnx": _read_onnx_embedded}
+EMBEDDED_READERS = {".onnx": _read_onnx_embedded, ".tflite": _read_tflite_embedded}
 
 
 def resolve_spec(artifact: str | Path, override: str | Path | None = None) -> ModelSpec:

@@ -175,7 +175,7 @@ def measure_decode(decode: np.ndarray, source: str, n: int) -> tuple[np.ndarray,
 def _scalar(constants: dict[str, np.ndarray], name: str, what: str) -> float:
     if name not in constants:
         raise HagridEdgeError(f"the NMS {what} ({name}) is not a constant")
-    return float(np.asarray(constants[name]).reshape(-1)[0])
+    return round(float(np.asarray(constants[name]).reshape(-1)[0]), 6)
 
 
 def _score_threshold(model: onnx.ModelProto, nms: onnx.NodeProto, act_out: str,
@@ -284,6 +284,17 @@ def split_detector(model: str | Path | onnx.ModelProto, spec: ModelSpec) -> tupl
             "raw_tensors": {REGRESSION: raw[0], LOGITS: logits}}},
     })
     return cut, raw_spec
+
+
+def fix_batch(model: onnx.ModelProto, batch: int = 1) -> onnx.ModelProto:
+    """A copy with the batch dimension of inputs and outputs pinned (converters that infer layouts,
+    such as onnx2tf, mistake channels for width when the batch is symbolic)."""
+    out = copy.deepcopy(model)
+    for vi in [*out.graph.input, *out.graph.output]:
+        dims = vi.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_value = batch
+    return out
 
 
 def save_onnx_with_spec(model: onnx.ModelProto, spec: ModelSpec, path: str | Path) -> Path:

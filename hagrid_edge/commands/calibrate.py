@@ -1,0 +1,91 @@
+"""``hagrid-edge calibrate`` (also ``python quantize/calibrate.py``): INT8 / FP16 artifacts from one calibration pass."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from hagrid_edge.quantize.choices import (
+    DEFAULT_MAX_DROP,
+    DEFAULT_METHOD,
+    DEFAULT_TRT_VERSION,
+    METHODS,
+    TARGETS,
+)
+
+
+def default_model() -> Path:
+    """The README's default model: the shipped hand detector, else the shared one."""
+    from hagrid_edge.paths import DEFAULT_MODELS, shared_root
+
+    shipped = DEFAULT_MODELS / "hand_detector.onnx"
+    return shipped if shipped.is_file() else shared_root() / "models" / "hagrid-hand-detector" / "hand_detector.onnx"
+
+
+def default_data() -> Path:
+    from hagrid_edge.paths import shared_root
+
+    return shared_root() / "data" / "hagrid512-mini"
+
+
+def _targets(text: str) -> tuple[str, ...]:
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in names if t not in TARGETS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown target(s) {unknown or [text]} (choose from {', '.join(TARGETS)})")
+    return names
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--subset", action="store_true",
+                   help="calibrate on the HaGRID subsample of --data (the only calibration source; kept for "
+                        "the documented command line)")
+    p.add_argument("--model", type=Path, help="FP32 ONNX (default: the README's hand detector)")
+    p.add_argument("--spec", type=Path, help="spec file for a model with none embedded or beside it")
+    p.add_argument("--data", type=Path, help="HaGRID data root with a subsample (default: shared hagrid512-mini)")
+    p.add_argument("--targets", type=_targets, default=TARGETS, metavar="T[,T...]",
+                   help=f"any of {', '.join(TARGETS)} (default: all)")
+    p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                   help=f"activation range method (default: {DEFAULT_METHOD})")
+    p.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP,
+                   help=f"largest accepted drop vs FP32 on val, in mAP50-95 (F1 for classifiers) points (default {DEFAULT_MAX_DROP})")
+    p.add_argument("--limit", type=int, help="use only the first N subsample images")
+    p.add_argument("--eval-limit", type=int, help="score the guard on only the first N val images")
+    p.add_argument("--no-guard", action="store_true", help="skip the accuracy guard and mixed precision")
+    p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION,
+                   help=f"TensorRT version in the cache header (default {DEFAULT_TRT_VERSION})")
+    p.add_argument("--threads", type=int, help="runtime threads for the accuracy guard")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("calibrate", help="INT8 QDQ ONNX, TensorRT cache, TFLite INT8/FP16 from the HaGRID subsample",
+                       description=__doc__)
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hagrid_edge.errors import HagridEdgeError
+    from hagrid_edge.quantize.orchestrator import Options, calibrate
+
+    if args.limit is not None and args.limit <= 0:
+        raise HagridEdgeError(f"--limit must be positive, got {args.limit}")
+    if args.max_drop < 0:
+        raise HagridEdgeError(f"--max-drop must be >= 0, got {args.max_drop}")
+    opts = Options(model=args.model or default_model(), data=args.data or default_data(), out=args.out,
+                   targets=args.targets, method=args.method, max_drop=args.max_drop, limit=args.limit,
+                   spec_file=args.spec, trt_version=args.trt_version, eval_limit=args.eval_limit,
+                   threads=args.threads, guard=not args.no_guard)
+    report = calibrate(opts)
+    print(report.markdown(), end="")
+    failed = [t.target for t in report.targets if t.error]
+    return 2 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python quantize/calibrate.py ...``: the same parser and errors as ``hagrid-edge calibrate``."""
+    from hagrid_edge.cli import main as cli_main
+
+    return cli_main(["calibrate", *(sys.argv[1:] if argv is None else argv)])

@@ -1,0 +1,126 @@
+"""INT8 QDQ ONNX: opset upgrade, Q/DQ placement, symmetric per-channel, one calibration pass for every target."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from hagrid_edge.errors import HagridEdgeError
+from hagrid_edge.quantize.calib_data import calibration_batches
+from hagrid_edge.quantize.graph_cut import split_detector
+from hagrid_edge.quantize.onnx_int8 import (
+    check_supported_ops,
+    collect_ranges,
+    float_layers,
+    name_nodes,
+    opset_of,
+    quantize_qdq,
+    upgrade_opset,
+)
+from hagrid_edge.quantize.sensitivity import layer_sensitivity, layer_units
+from hagrid_edge.quantize.trt_cache import scales_from_ranges
+from hagrid_edge.spec import resolve_spec
+
+
+@pytest.fixture(scope="module")
+def classifier(crop_classifier, mini_root):
+    spec = resolve_spec(crop_classifier)
+    model = name_nodes(upgrade_opset(onnx.load(str(crop_classifier))))
+    inputs, _ = calibration_batches(mini_root, spec, limit=12)
+    return model, spec, inputs, collect_ranges(model, spec.input_name, inputs, "minmax")
+
+
+def _init(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_qdq_placement_is_symmetric_and_per_channel(classifier):
+    model, _, _, ranges = classifier
+    q = quantize_qdq(model, ranges, "minmax")
+    inits = _init(q)
+    producers = {o: n for n in q.graph.node for o in n.output}
+    compute = [n for n in q.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert len(compute) == 4
+    for node in compute:
+        data, weight = (producers[i] for i in node.input[:2])
+        assert data.op_type == weight.op_type == "DequantizeLinear", node.name
+        w_scale = inits[weight.input[1]]
+        out_channels = inits[weight.input[0]].shape[0 if node.op_type == "Conv" else 1]
+        if node.op_type == "Conv":
+            assert w_scale.shape == (out_channels,)  # per channel
+    for dq in (n for n in q.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")):
+        zp = inits[dq.input[2]]
+        assert zp.dtype in (np.int8, np.int32) and not zp.any()  # symmetric (int32: biases), as TensorRT expects
+    # ops outside the compute set stay float: no Q/DQ right before AveragePool / Flatten
+    for node in q.graph.node:
+        if node.op_type in ("AveragePool", "Flatten"):
+            assert producers[node.input[0]].op_type != "DequantizeLinear"
+    assert [o.name for o in q.graph.output] == [o.name for o in model.graph.output]
+    assert producers["labels"].op_type == "Gemm"  # the head's logits leave the graph unrounded
+
+
+def test_excluded_layers_stay_float(classifier):
+    model, _, _, ranges = classifier
+    units = layer_units(model)
+    first = next(iter(units))
+    q = quantize_qdq(model, ranges, "minmax", exclude=units[first])
+    assert float_layers(q) == [first]
+    assert not float_layers(quantize_qdq(model, ranges, "minmax"))
+
+
+def test_cache_and_qdq_share_one_calibration(classifier):
+    """The TensorRT cache scale of a tensor is the QDQ model's activation scale for it (a Conv output
+    feeding a Relu takes the Relu's scale in both, as Conv+Relu run fused)."""
+    model, _, _, ranges = classifier
+    q = quantize_qdq(model, ranges, "minmax")
+    inits, cache = _init(q), scales_from_ranges(ranges)
+    into_relu = {i for n in model.graph.node if n.op_type == "Relu" for i in n.input}
+    checked = 0
+    for node in q.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] in cache and node.input[0] not in into_relu:
+            assert float(inits[node.input[1]]) == pytest.approx(cache[node.input[0]], rel=1e-5)
+            checked += 1
+    assert checked >= 4
+
+
+def test_sensitivity_ranks_every_compute_layer(classifier):
+    model, spec, inputs, ranges = classifier
+    ranking = layer_sensitivity(model, ranges, "minmax", spec.input_name, inputs[:4])
+    assert len(ranking) == 4 and all(e >= 0 for _, e in ranking)
+    assert [e for _, e in ranking] == sorted((e for _, e in ranking), reverse=True)
+
+
+@pytest.mark.parametrize("method", ["percentile", "entropy"])
+def test_histogram_methods_take_a_ragged_last_batch(classifier, method):
+    model, spec, inputs, _ = classifier
+    ranges = collect_ranges(model, spec.input_name, (inputs * 2)[:13], method)  # batches of 8 and 5
+    assert all(np.all(np.isfinite(d.range_value)) for d in ranges.data.values())
+
+
+def test_detector_is_upgraded_and_calibrated_without_nms(hand_detector, mini_root):
+    model, spec = split_detector(hand_detector, resolve_spec(hand_detector))
+    assert opset_of(model) == 11
+    up = upgrade_opset(model)
+    assert opset_of(up) == 13
+    inputs, _ = calibration_batches(mini_root, spec, limit=4)
+    ranges = collect_ranges(name_nodes(up), spec.input_name, inputs, "percentile")
+    assert "bbox_regression" in ranges.data and "cls_logits" in ranges.data
+
+
+def _tiny(opset: int, op: str = "Relu", domain: str = "") -> onnx.ModelProto:
+    graph = helper.make_graph([helper.make_node(op, ["x"], ["y"], domain=domain)], "tiny",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    imports = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    return helper.make_model(graph, opset_imports=imports)
+
+
+def test_unsupported_opset_and_op_are_named():
+    with pytest.raises(HagridEdgeError, match="m.onnx: opset 6 is too old"):
+        upgrade_opset(_tiny(6), "m.onnx")
+    with pytest.raises(HagridEdgeError, match="m.onnx: unsupported graph for calibration.*Frobnicate"):
+        check_supported_ops(_tiny(13, "Frobnicate", "com.example"), "m.onnx")
+    with pytest.raises(HagridEdgeError, match="--method"):
+        collect_ranges(_tiny(13), "x", [np.zeros((1, 4), np.float32)], "kl")

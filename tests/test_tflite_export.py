@@ -1,0 +1,136 @@
+"""TFLite export: the HaGRID authors' crop classifier converted once per module to full-integer INT8.
+
+The conversion runs onnx2tf in its own environment (created on first use; see quantize/tflite_env.py),
+so the module converts once and every test reads the same real artifact.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hagrid_edge.data.annotations import load_split
+from hagrid_edge.deploy.common.backend import open_backend
+from hagrid_edge.errors import HagridEdgeError
+from hagrid_edge.evaluate import evaluate_classifier
+from hagrid_edge.images import read_rgb
+from hagrid_edge.pipeline import CropClassifier
+from hagrid_edge.processing import crop_inputs
+from hagrid_edge.quantize import tflite_env
+from hagrid_edge.quantize.tflite_export import export_tflite
+from hagrid_edge.spec import EMBEDDED_READERS, resolve_spec, sha256_file, sidecar_path
+
+CALIB_IMAGES = 40  # subsample images whose hands calibrate the classifier (one per gesture and more)
+EVAL_IMAGES = 80
+
+
+def _crops(root: Path, split: str, spec, limit: int) -> list[np.ndarray]:
+    samples = load_split(root, split)
+    samples = samples[:: max(1, len(samples) // limit)][:limit]
+    out = []
+    for s in samples:
+        frame = read_rgb(s.image_path)
+        crops = crop_inputs(frame, s.boxes_xyxy(frame.shape[1], frame.shape[0]), spec)
+        out += [crops[i:i + 1] for i in range(len(crops))]
+    return out
+
+
+@pytest.fixture(scope="module")
+def classifier_spec(crop_classifier):
+    return resolve_spec(crop_classifier)
+
+
+@pytest.fixture(scope="module")
+def int8_model(tmp_path_factory, crop_classifier, classifier_spec, mini_root):
+    out = tmp_path_factory.mktemp("tflite") / "crops_classifier_int8.tflite"
+    calib = _crops(mini_root, "subsample", classifier_spec, CALIB_IMAGES)
+    spec = export_tflite(crop_classifier, classifier_spec, calib, out, "int8")
+    return out, spec, len(calib)
+
+
+def test_int8_file_loads_and_spec_round_trips(int8_model, crop_classifier):
+    path, spec, n_calib = int8_model
+    assert sidecar_path(path).is_file() and not list(path.parent.glob(".*.part"))
+    backend = open_backend(path)  # spec from the sidecar
+    assert backend.spec.to_dict() == spec.to_dict()
+    embedded = EMBEDDED_READERS[".tflite"](path)
+    assert embedded is not None and embedded.to_dict() == spec.to_dict()
+    assert spec.layout == "NHWC" and spec.input_dtype == "int8"
+    prov = spec.provenance
+    assert prov["source_sha256"] == sha256_file(crop_classifier)
+    assert prov["converter"].startswith("onnx2tf ") and prov["calibration_inputs"] == n_calib
+    assert prov["agreement_correlation"]["logits"] > 0.95
+
+
+def test_int8_io_quant_params_match_interpreter(int8_model):
+    path, spec, _ = int8_model
+    backend = open_backend(path, spec=spec)
+    (inp,) = backend.interpreter.get_input_details()
+    (out,) = backend.interpreter.get_output_details()
+    assert inp["name"] == spec.input_name and inp["dtype"] == np.int8
+    assert tuple(inp["shape"]) == (1, *spec.input_size, 3)
+    assert (spec.input_quant.scale, spec.input_quant.zero_point) == pytest.approx(inp["quantization"])
+    assert out["name"] == spec.output_names["logits"] and out["dtype"] == np.int8
+    q = spec.output_quant["logits"]
+    assert (q.scale, q.zero_point) == pytest.approx(out["quantization"])
+
+
+def test_int8_f1_close_to_fp32_through_shared_eval(int8_model, crop_classifier, mini_root):
+    path, _, _ = int8_model
+    samples = load_split(mini_root, "val")[:EVAL_IMAGES]
+    fp32 = evaluate_classifier(CropClassifier(open_backend(crop_classifier)), samples, progress=False)
+    int8 = evaluate_classifier(CropClassifier(open_backend(path, threads=2)), samples, progress=False)
+    assert int8["samples"] == fp32["samples"] > EVAL_IMAGES
+    assert int8["f1"] > 50.0
+    assert abs(int8["f1"] - fp32["f1"]) < 5.0, (fp32["f1"], int8["f1"])
+
+
+def test_plain_tflite_has_no_embedded_spec(int8_model, mediapipe_dir, tmp_path):
+    """A .tflite without our zip, or with a foreign one (MediaPipe packs its own files), has no embedded spec."""
+    path, _, _ = int8_model
+    bare = tmp_path / "bare.tflite"
+    data = path.read_bytes()
+    bare.write_bytes(data[: data.rfind(b"PK\x03\x04")])
+    assert EMBEDDED_READERS[".tflite"](bare) is None
+    assert EMBEDDED_READERS[".tflite"](mediapipe_dir / "hand_landmark_lite.tflite") is None
+
+
+@pytest.mark.parametrize(("mode", "io", "what"), [("int4", "int8", "mode 'int4'"), ("int8", "uint16", "io 'uint16'")])
+def test_bad_mode_or_io_is_one_line(crop_classifier, classifier_spec, tmp_path, mode, io, what):
+    x = np.zeros((1, 3, 128, 128), np.float32)
+    with pytest.raises(HagridEdgeError, match=what) as e:
+        export_tflite(crop_classifier, classifier_spec, [x], tmp_path / "m.tflite", mode, io=io)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "m.tflite").exists()
+
+
+def test_wrong_calibration_shape_is_reported(crop_classifier, classifier_spec, tmp_path):
+    with pytest.raises(HagridEdgeError, match=r"calibration input 0: shape \(1, 3, 64, 64\)"):
+        export_tflite(crop_classifier, classifier_spec, [np.zeros((1, 3, 64, 64), np.float32)],
+                      tmp_path / "m.tflite", "int8")
+
+
+def test_missing_converter_env_is_reported(crop_classifier, classifier_spec, tmp_path, monkeypatch):
+    missing = tmp_path / "no-env"
+    monkeypatch.setenv(tflite_env.ENV_VAR, str(missing))
+    x = np.zeros((1, 3, 128, 128), np.float32)
+    with pytest.raises(HagridEdgeError) as e:
+        export_tflite(crop_classifier, classifier_spec, [x], tmp_path / "m.tflite", "fp16", install_env=False)
+    msg = str(e.value)
+    assert str(missing) in msg and "python -m hagrid_edge.quantize.tflite_env" in msg and "\n" not in msg
+    assert not missing.exists() and not (tmp_path / "m.tflite").exists()
+
+
+def test_incomplete_converter_env_is_not_used(tmp_path, monkeypatch):
+    """An environment without its pin marker (an interrupted install) does not count as ready."""
+    root = tmp_path / "env"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy(Path(__file__), root / "bin" / "python")
+    monkeypatch.setenv(tflite_env.ENV_VAR, str(root))
+    with pytest.raises(HagridEdgeError, match="no TFLite converter environment"):
+        tflite_env.converter_python(install=False)
+    (root / tflite_env.MARKER).write_text("\n".join(tflite_env.PINS))
+    assert tflite_env.converter_python(install=False) == root / "bin" / "python"
