@@ -8,13 +8,13 @@ ratio of two figures measured in the same run: absolute times on shared machines
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from hagrid_edge.benchmarks.suite import TASK_METRICS, int8_rows
 from hagrid_edge.errors import HagridEdgeError
+from hagrid_edge.paths import read_json
 
 BASELINE_SCHEMA = "hagrid-edge.bench-baseline"
 BASELINE_VERSION = 1
@@ -52,12 +52,7 @@ def make_baseline(report: dict[str, Any], limits: dict[str, Any] | None = None,
 
 def load_baseline(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise HagridEdgeError(f"--baseline {path}: cannot read it ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-        raise HagridEdgeError(f"--baseline {path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    data = read_json(path, f"--baseline {path}")
     if not isinstance(data, dict) or data.get("schema") != BASELINE_SCHEMA:
         raise HagridEdgeError(f"--baseline {path}: not a bench baseline (no \"schema\": \"{BASELINE_SCHEMA}\")")
     if data.get("schema_version", 0) > BASELINE_VERSION or not isinstance(data.get("rows"), dict):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hagrid_edge.errors import HagridEdgeError
-from hagrid_edge.paths import atomic_path, write_text_atomic
+from hagrid_edge.paths import atomic_path, read_json, write_text_atomic
 
 SCHEMA = "hagrid-edge.bench"
 SCHEMA_VERSION = 1
@@ -34,12 +34,7 @@ def build_report(rows: list[dict[str, Any]], machine: dict[str, Any], run: dict[
 
 def load_report(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise HagridEdgeError(f"{path}: cannot read report ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-        raise HagridEdgeError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    data = read_json(path, f"{path}: report")
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise HagridEdgeError(f"{path}: not a hagrid-edge bench report (no \"schema\": \"{SCHEMA}\")")
     version = data.get("schema_version")

@@ -79,7 +79,7 @@ def test_load_report_rejects_other_json(tmp_path):
     other.write_text(json.dumps({"mAP50": 1}))
     with pytest.raises(HagridEdgeError, match="other.json: not a hagrid-edge bench report"):
         report.load_report(other)
-    with pytest.raises(HagridEdgeError, match="missing.json: cannot read report"):
+    with pytest.raises(HagridEdgeError, match="missing.json: report: cannot read it"):
         report.load_report(Path(tmp_path / "missing.json"))
 
 

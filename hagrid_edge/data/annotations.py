@@ -311,3 +311,14 @@ def drop_labels(samples: Iterable[Sample], labels: Iterable[str] = (NO_GESTURE,)
 def label_names(samples: Iterable[Sample]) -> set[str]:
     """Every box label used by ``samples``."""
     return {label for s in samples for label in s.labels}
+
+
+def resolve_splits(root: str | Path, splits: Iterable[str] | None = None) -> tuple[Path, list[str]]:
+    """The data root and the splits to process: ``splits`` or every split with annotations."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such data root")
+    names = list(splits) if splits else available_splits(root)
+    if not names:
+        raise DataError(f"{root}: no annotation folders (annotations/<split>/ or ann_<split>/)")
+    return root, names

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hagrid_edge.data.annotations import Problem, Sample, available_splits, load_split
+from hagrid_edge.data.annotations import Problem, Sample, load_split, resolve_splits
 from hagrid_edge.errors import DataError
 from hagrid_edge.images import read_rgb
 from hagrid_edge.labels import KNOWN_LABELS
@@ -71,12 +71,7 @@ def image_problem(sample: Sample) -> Problem | None:
 def check_root(root: str | Path, splits: Iterable[str] | None = None, images: bool = False,
                progress: Callable[[Iterable[Sample]], Iterable[Sample]] | None = None) -> CheckReport:
     """Validate ``splits`` (default: every split with annotations) of the HaGRID root ``root``."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: no such data root")
-    names = list(splits) if splits else available_splits(root)
-    if not names:
-        raise DataError(f"{root}: no annotation folders (annotations/<split>/ or ann_<split>/)")
+    root, names = resolve_splits(root, splits)
     report = CheckReport(root)
     for split in names:
         samples = load_split(root, split, problems=report.problems)

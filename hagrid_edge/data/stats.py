@@ -7,8 +7,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from hagrid_edge.data.annotations import Sample, available_splits, load_split
-from hagrid_edge.errors import DataError
+from hagrid_edge.data.annotations import Sample, load_split, resolve_splits
 
 
 def split_stats(samples: Sequence[Sample]) -> dict[str, Any]:
@@ -36,12 +35,7 @@ def split_stats(samples: Sequence[Sample]) -> dict[str, Any]:
 
 def root_stats(root: str | Path, splits: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
     """``split_stats`` of every split (or of ``splits``) under ``root``; malformed data raises DataError."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: no such data root")
-    names = list(splits) if splits else available_splits(root)
-    if not names:
-        raise DataError(f"{root}: no annotation folders (annotations/<split>/ or ann_<split>/)")
+    root, names = resolve_splits(root, splits)
     return {split: split_stats(load_split(root, split)) for split in names}
 
 
