@@ -14,6 +14,8 @@ COMMANDS = (
     "hagrid_edge.commands.data",
     "hagrid_edge.commands.eval",
     "hagrid_edge.commands.calibrate",
+    "hagrid_edge.commands.train",
+    "hagrid_edge.commands.export",
     "hagrid_edge.commands.bench",
     "hagrid_edge.commands.run",
 )

@@ -21,6 +21,7 @@ from hagrid_edge.spec import ModelSpec, resolve_spec
 BACKENDS: dict[str, tuple[str, str]] = {
     ".onnx": ("hagrid_edge.deploy.common.onnxruntime_backend", "OnnxRuntimeBackend"),
     ".tflite": ("hagrid_edge.deploy.rpi.litert_backend", "LiteRTBackend"),
+    ".pt": ("hagrid_edge.deploy.common.torch_backend", "TorchBackend"),
     ".trt": ("hagrid_edge.deploy.jetson.tensorrt_backend", "TensorRTBackend"),
     ".engine": ("hagrid_edge.deploy.jetson.tensorrt_backend", "TensorRTBackend"),
 }

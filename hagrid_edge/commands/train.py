@@ -1,0 +1,52 @@
+"""``hagrid-edge train``: train a detector or classifier from a YAML config (also under ``torchrun``)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train an SSDLite detector or a MobileNetV3/ResNet classifier",
+                       description="Train from a YAML config (see train/configs/). The same command runs "
+                                   "on 1 CPU, 1 GPU, or N GPUs under `torchrun --nproc_per_node N`. A "
+                                   "checkpoint (last.pt, best.pt + spec sidecars) is written every epoch.")
+    p.add_argument("--config", required=True, help="YAML training config")
+    p.add_argument("--data", help="HaGRID data root (overrides data.root)")
+    p.add_argument("--out", help="output folder (overrides out_dir)")
+    p.add_argument("--epochs", type=int, help="overrides train.epochs")
+    p.add_argument("--batch-size", type=int, help="overrides train.batch_size (per process)")
+    p.add_argument("--workers", type=int, help="overrides data.workers")
+    p.add_argument("--limit", type=int, help="train on the first N samples only (smoke runs)")
+    p.add_argument("--val-limit", type=int, help="evaluate on the first N val samples only")
+    p.add_argument("--init", help="checkpoint to start from (overrides model.init)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from hagrid_edge.train.config import load_config, validate
+    from hagrid_edge.train.engine import Trainer
+
+    cfg = load_config(args.config)
+    overrides = {("data", "root"): args.data, ("train", "epochs"): args.epochs,
+                 ("train", "batch_size"): args.batch_size, ("data", "workers"): args.workers,
+                 ("data", "limit"): args.limit, ("data", "val_limit"): args.val_limit, ("model", "init"): args.init}
+    for (section, key), value in overrides.items():
+        if value is not None:
+            setattr(getattr(cfg, section), key, value)
+    if args.out:
+        cfg.out_dir = args.out
+    validate(cfg)
+    trainer = Trainer(cfg, resume=args.resume, device=args.device, progress=not args.no_progress)
+    try:
+        result = trainer.fit()
+    finally:
+        trainer.close()
+    if trainer.dist.main:
+        print(json.dumps({"out_dir": result["out_dir"], "best": result["best"], "world_size": result["world_size"],
+                          "last": result["history"][-1] if result["history"] else None}))
+    return 0

@@ -1,0 +1,108 @@
+"""A few real training steps: checkpoint every epoch, --resume, SIGINT, evaluation through the pipeline."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from hagrid_edge.errors import HagridEdgeError
+from hagrid_edge.models import load_model
+from hagrid_edge.train.config import from_dict
+from hagrid_edge.train.engine import Trainer, lr_factor
+
+
+def _config(root, out, **train):
+    return {"out_dir": str(out),
+            "model": {"name": "ssdlite320_mobilenet_v3_small", "mode": "gestures"},
+            "data": {"root": str(root), "targets": ["call", "palm"], "workers": 0, "limit": 4, "val_limit": 1},
+            "train": {"epochs": 1, "batch_size": 2, "lr": 0.01, "optimizer": "adamw", "warmup_epochs": 0.5,
+                      **train}}
+
+
+def _classifier_config(root, out, **train):
+    cfg = _config(root, out, **train)
+    cfg["model"] = {"name": "mobilenet_v3_small", "input_size": [96, 96]}
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, mini_root):
+    """One real epoch of the detector on 4 real images (2 steps), evaluated on a val image."""
+    out = tmp_path_factory.mktemp("train") / "run"
+    trainer = Trainer(from_dict(_config(mini_root, out, epochs=1, ema=0.99)), progress=False)
+    trainer.fit()
+    return out
+
+
+def test_lr_schedule_warms_up_then_anneals():
+    assert lr_factor(0, 10, 100, 0.1) == pytest.approx(0.001)
+    assert lr_factor(10, 10, 100, 0.1) == pytest.approx(1.0)
+    assert lr_factor(100, 10, 100, 0.1) == pytest.approx(0.1)
+    assert lr_factor(55, 10, 100, 0.1) == pytest.approx(0.55)
+
+
+def test_epoch_writes_a_loadable_checkpoint(run_dir):
+    model, spec, payload = load_model(run_dir / "last.pt")
+    assert payload["epoch"] == 1 and payload["ema_state"] is not None and spec.outputs == "ssd_raw"
+    record = payload["history"][0]
+    assert record["epoch"] == 1 and "gestures/mAP50_95" in record and "hands/mAP50" in record
+    assert (run_dir / "last.pt.json").is_file() and (run_dir / "best.pt").is_file()
+    assert list(run_dir.glob("*.part")) == [] and list((run_dir / "tb").glob("events.*"))
+
+
+def test_resume_continues_from_the_checkpoint_epoch(run_dir, mini_root, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    resumed = Trainer(from_dict(_config(mini_root, out, epochs=2, ema=0.99, eval_every=0)), resume=True,
+                      progress=False)
+    assert resumed.start_epoch == 1
+    steps_before = resumed.scheduler.last_epoch
+    result = resumed.fit()
+    assert [r["epoch"] for r in result["history"]] == [1, 2]
+    assert resumed.scheduler.last_epoch == steps_before + resumed.steps_per_epoch
+    assert load_model(out / "last.pt")[2]["epoch"] == 2
+
+
+def test_resume_needs_a_checkpoint_of_the_same_model(run_dir, mini_root, tmp_path):
+    with pytest.raises(HagridEdgeError, match="no checkpoint to resume from"):
+        Trainer(from_dict(_config(mini_root, tmp_path / "none")), resume=True, progress=False)
+    other = _config(mini_root, run_dir)
+    other["model"]["mode"] = "hands"
+    with pytest.raises(HagridEdgeError, match=r"last\.pt: cannot resume, the model differs \(classes"):
+        Trainer(from_dict(other), resume=True, progress=False)
+
+
+def test_classifier_trains_and_reports_f1(tmp_path, mini_root):
+    result = Trainer(from_dict(_classifier_config(mini_root, tmp_path / "clf")), progress=False).fit()
+    assert "f1" in result["history"][0]
+    _, spec, _ = load_model(tmp_path / "clf" / "last.pt")
+    assert spec.task == "classifier" and spec.output_names["logits"] == "logits"
+
+
+def test_sigint_leaves_the_last_checkpoint_loadable(tmp_path, mini_root):
+    out = tmp_path / "run"
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(_classifier_config(mini_root, out, epochs=500, eval_every=0)))
+    proc = subprocess.Popen([sys.executable, "-m", "hagrid_edge.cli", "train", "--config", str(path), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (out / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert (out / "last.pt").exists(), proc.stderr.read() if proc.poll() is not None else "no checkpoint in 60 s"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    _, _, payload = load_model(out / "last.pt")
+    assert payload["epoch"] >= 1
+    assert list(out.glob("*.part")) == []
