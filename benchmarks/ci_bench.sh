@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CI benchmark: the shipped default models (the HaGRID authors' hand detector + crop classifier),
+# The CI benchmark: the shipped default detector (ours, SSDLite), the HaGRID authors' hand detector + crop classifier,
 # the detector's INT8 QDQ form and the FP32 graph it was quantized from, the two-stage pipelines, and
 # MediaPipe's palm detector as a latency-only anchor, on hagrid512-mini val; prints report.md and
 # gates against benchmarks/baseline.json. benchmarks/baseline.json was written by this script.
@@ -27,7 +27,7 @@ if [ ! -f "$int8/hand_detector_int8.onnx" ]; then
     "$python" quantize/calibrate.py --subset --model "$det" --data "$data" --targets onnx-int8 --out "$int8" >&2
 fi
 exec "$python" -m hagrid_edge.cli bench \
-    --model "$det" "$int8/hand_detector_fp32.onnx" "$int8/hand_detector_int8.onnx" \
+    --model assets/models/ssdlite_small_gestures.onnx "$det" "$int8/hand_detector_fp32.onnx" "$int8/hand_detector_int8.onnx" \
             "$det+$cls" "$int8/hand_detector_fp32.onnx+$cls" "$int8/hand_detector_int8.onnx+$cls" "$cls" \
     --latency-only "$shared/models/mediapipe-hands/palm_detection_lite.tflite" \
     --data "$data" --split val --runs 100 --warmup 10 --threads 1 --machine ci \
