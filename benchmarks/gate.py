@@ -19,11 +19,13 @@ from hagrid_edge.paths import read_json
 BASELINE_SCHEMA = "hagrid-edge.bench-baseline"
 BASELINE_VERSION = 1
 # Points (percent) an accuracy may fall below baseline; points an INT8 artifact may lose against its
-# FP32 source; how many times slower than its FP32 source an INT8 artifact may be (end-to-end, the
-# fastest timed run of each, both from the same run).
+# FP32 source in the headline metric (mAP50-95, the one the quantize guard holds; F1 for classifiers;
+# mAP50 of every row is held by the baseline margin instead, since on a small val set a few boxes
+# move it by points); how many times slower than its FP32 source an INT8 artifact may be (end-to-end,
+# the fastest timed run of each, both from the same run).
 DEFAULT_LIMITS: dict[str, Any] = {
     "accuracy_margin": 1.0,
-    "int8_max_drop": {"mAP50_95": 2.0, "mAP50": 2.0, "f1": 2.0},
+    "int8_max_drop": {"mAP50_95": 2.0, "f1": 2.0},
     "int8_max_latency_ratio": 3.0,
 }
 
