@@ -107,7 +107,10 @@ def converter_python(install: bool = True) -> Path:
         raise HagridEdgeError(f"{root}: no TFLite converter environment (onnx2tf {ONNX2TF_VERSION}); "
                               "create it with `python -m hagrid_edge.quantize.tflite_env` "
                               f"or point {ENV_VAR} at one")
-    root.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        root.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HagridEdgeError(f"{root}: cannot create the TFLite converter environment here ({e.strerror})") from None
     with open(root.with_name(root.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _ready(root):  # built by another process while this one waited

@@ -13,7 +13,7 @@ import pytest
 from test_quantize_calib import make_root
 
 from hagrid_edge.cli import main
-from hagrid_edge.quantize import orchestrator
+from hagrid_edge.quantize import tflite_env
 from hagrid_edge.quantize.accuracy import Scorer
 from hagrid_edge.quantize.calib_data import calibration_batches
 from hagrid_edge.quantize.onnx_int8 import collect_ranges, name_nodes, quantize_qdq, upgrade_opset
@@ -48,7 +48,10 @@ def test_end_to_end_detector(hand_detector, mini_root, tmp_path, capsys, monkeyp
         else:  # the val images of the gestures whose subsample part was copied
             for image_id in json.loads((mini_root / "annotations" / "val" / f"{d.name}.json").read_text()):
                 (mine / f"{image_id}.jpg").symlink_to(d / f"{image_id}.jpg")
-    monkeypatch.setattr(orchestrator, "TFLITE_MODULE", "hagrid_edge.quantize.not_installed")
+    # A converter environment that cannot be created: the TFLite target fails, the others are written.
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the environment's folder should be")
+    monkeypatch.setenv(tflite_env.ENV_VAR, str(blocker / "onnx2tf-env"))
     out = tmp_path / "out"
     rc, md, err = run_cli(["--subset", "--model", str(hand_detector), "--data", str(root), "--out", str(out),
                          "--targets", "onnx-int8,trt-cache,tflite-fp16", "--eval-limit", "25", "--max-drop", "100"],
@@ -60,7 +63,8 @@ def test_end_to_end_detector(hand_detector, mini_root, tmp_path, capsys, monkeyp
     assert (cal["images"], cal["skipped"], cal["skipped_files"]) == (7, 1, [str(victim)])
     assert report["graph"]["graph_cut"] and report["graph"]["opset"] == 13
     targets = {t["target"]: t for t in report["targets"]}
-    assert targets["tflite-fp16"]["ok"] is False and "not_installed" in targets["tflite-fp16"]["error"]
+    assert targets["tflite-fp16"]["ok"] is False
+    assert "cannot create the TFLite converter environment" in targets["tflite-fp16"]["error"]
     int8 = targets["onnx-int8"]
     assert int8["ok"] and int8["within_max_drop"] and int8["float_layers"] == []
     assert int8["drop"] == round(report["fp32"]["score"]["value"] - int8["score"]["value"], 2)
