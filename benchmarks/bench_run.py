@@ -30,6 +30,7 @@ from hagrid_edge.deploy.common.sources import open_source
 from hagrid_edge.images import read_rgb
 from hagrid_edge.paths import DEFAULT_DATA, DEFAULT_MODELS
 from hagrid_edge.pipeline import load_pipeline
+from hagrid_edge.processing import letterbox
 
 SIZE = (640, 480)
 
@@ -40,11 +41,7 @@ def make_video(images: list[Path], hold: int, path: Path) -> list[np.ndarray]:
     frames = []
     for image in images:
         rgb = read_rgb(image)
-        s = min(SIZE[0] / rgb.shape[1], SIZE[1] / rgb.shape[0])
-        small = cv2.resize(rgb, (round(rgb.shape[1] * s), round(rgb.shape[0] * s)), interpolation=cv2.INTER_AREA)
-        frame = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
-        y, x = (SIZE[1] - small.shape[0]) // 2, (SIZE[0] - small.shape[1]) // 2
-        frame[y:y + small.shape[0], x:x + small.shape[1]] = small
+        frame = letterbox(rgb, *SIZE, pad_value=0, interpolation=cv2.INTER_AREA)[0]
         for _ in range(hold):
             writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
             frames.append(frame)

@@ -53,19 +53,30 @@ def fit(frame_w: int, frame_h: int, input_w: int, input_h: int, resize: str) -> 
     return Geometry(frame_w, frame_h, input_w, input_h, new_w / frame_w, new_h / frame_h, pad_x, pad_y)
 
 
+def _scaled(frame: np.ndarray, geo: Geometry, interpolation: int) -> np.ndarray:
+    fh, fw = frame.shape[:2]
+    new_w, new_h = round(fw * geo.scale_x), round(fh * geo.scale_y)
+    return frame if (new_w, new_h) == (fw, fh) else cv2.resize(frame, (new_w, new_h), interpolation=interpolation)
+
+
+def letterbox(frame: np.ndarray, width: int, height: int, pad_value: int = 114,
+              interpolation: int = cv2.INTER_LINEAR) -> tuple[np.ndarray, Geometry]:
+    """Scale ``frame`` to fit ``width`` x ``height`` keeping its aspect, centred on a ``pad_value`` canvas."""
+    geo = fit(frame.shape[1], frame.shape[0], width, height, "letterbox")
+    resized = _scaled(frame, geo, interpolation)
+    out = np.full((height, width, *frame.shape[2:]), pad_value, dtype=frame.dtype)
+    px, py = int(geo.pad_x), int(geo.pad_y)
+    out[py:py + resized.shape[0], px:px + resized.shape[1]] = resized
+    return out, geo
+
+
 def resize_frame(frame: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, Geometry]:
     """Resize (stretch or letterbox, per the spec) an RGB frame to the model's input size."""
     in_h, in_w = spec.input_size
-    fh, fw = frame.shape[:2]
-    geo = fit(fw, fh, in_w, in_h, spec.resize)
-    new_w, new_h = round(fw * geo.scale_x), round(fh * geo.scale_y)
-    resized = frame if (new_w, new_h) == (fw, fh) else cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    if spec.resize == "stretch":
-        return resized, geo
-    out = np.full((in_h, in_w, 3), spec.pad_value, dtype=np.uint8)
-    px, py = int(geo.pad_x), int(geo.pad_y)
-    out[py:py + new_h, px:px + new_w] = resized
-    return out, geo
+    if spec.resize == "letterbox":
+        return letterbox(frame, in_w, in_h, spec.pad_value)
+    geo = fit(frame.shape[1], frame.shape[0], in_w, in_h, "stretch")
+    return _scaled(frame, geo, cv2.INTER_LINEAR), geo
 
 
 def to_tensor(images: np.ndarray, spec: ModelSpec) -> np.ndarray:

@@ -16,6 +16,7 @@ import pytest
 
 from hagrid_edge.cli import main
 from hagrid_edge.images import read_rgb
+from hagrid_edge.processing import letterbox
 
 # Val photos with one clearly shown hand that the authors' pair recognises (checked by eye and by
 # running the pair once); the video shows them in this order.
@@ -32,12 +33,7 @@ SIZE = (640, 480)
 def letterboxed(mini_root: Path, gesture: str, image_id: str) -> np.ndarray:
     """A real HaGRID photo centred on a black 640x480 frame (BGR, for cv2 writers)."""
     img = read_rgb(mini_root / "hagrid_dataset_512" / gesture / f"{image_id}.jpg")
-    h, w = img.shape[:2]
-    s = min(SIZE[0] / w, SIZE[1] / h)
-    small = cv2.resize(img, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
-    frame = np.zeros((SIZE[1], SIZE[0], 3), np.uint8)
-    y, x = (SIZE[1] - small.shape[0]) // 2, (SIZE[0] - small.shape[1]) // 2
-    frame[y:y + small.shape[0], x:x + small.shape[1]] = small
+    frame = letterbox(img, *SIZE, pad_value=0, interpolation=cv2.INTER_AREA)[0]
     return cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from hagrid_edge.deploy.common.debounce import GestureEvent
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.labels import NO_GESTURE
-from hagrid_edge.processing import Detections
+from hagrid_edge.processing import Detections, letterbox
 
 log = logging.getLogger("hagrid_edge.run")
 
@@ -86,16 +86,6 @@ def check_video_path(path: str | Path) -> None:
         raise HagridEdgeError(f"--output {path}: use a file name ending in {', '.join(VIDEO_SUFFIXES)}")
 
 
-def _letterbox(bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    w, h = size
-    s = min(w / bgr.shape[1], h / bgr.shape[0])
-    small = cv2.resize(bgr, (max(1, round(bgr.shape[1] * s)), max(1, round(bgr.shape[0] * s))))
-    out = np.zeros((h, w, 3), np.uint8)
-    y, x = (h - small.shape[0]) // 2, (w - small.shape[1]) // 2
-    out[y:y + small.shape[0], x:x + small.shape[1]] = small
-    return out
-
-
 class VideoOutput:
     """The annotated video, encoded into ``tmp`` (from ``atomic_path``); opened at the first frame's size."""
 
@@ -116,7 +106,7 @@ class VideoOutput:
                 raise HagridEdgeError(f"--output {self.path}: OpenCV cannot write this video format")
             self._size = (bgr.shape[1], bgr.shape[0])
         if (bgr.shape[1], bgr.shape[0]) != self._size:  # image folders mix sizes; a video has one
-            bgr = _letterbox(bgr, self._size)
+            bgr = letterbox(bgr, *self._size, pad_value=0)[0]
         self._writer.write(bgr)
         self.frames += 1
 
