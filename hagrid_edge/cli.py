@@ -7,33 +7,55 @@ import importlib
 import sys
 
 from hagrid_edge import __version__
-from hagrid_edge.errors import HagridEdgeError
+from hagrid_edge.errors import HagridEdgeError, MissingExtra
 
-# Subcommand modules, in the order ``--help`` lists them.
+# Subcommand modules, in the order ``--help`` lists them, and the extra each needs beyond the core
+# install (the runtime: run, eval, bench, data); setup.cfg's [options.extras_require] defines them.
 COMMANDS = (
-    "hagrid_edge.commands.data",
-    "hagrid_edge.commands.eval",
-    "hagrid_edge.commands.calibrate",
-    "hagrid_edge.commands.train",
-    "hagrid_edge.commands.export",
-    "hagrid_edge.commands.bench",
-    "hagrid_edge.commands.run",
+    ("hagrid_edge.commands.data", ""),
+    ("hagrid_edge.commands.eval", ""),
+    ("hagrid_edge.commands.calibrate", "quantize"),
+    ("hagrid_edge.commands.train", "train"),
+    ("hagrid_edge.commands.export", "train"),
+    ("hagrid_edge.commands.bench", ""),
+    ("hagrid_edge.commands.run", ""),
 )
+COMMAND_EXTRA = {module.rpartition(".")[2]: extra for module, extra in COMMANDS}
+# Optional packages a core command may reach (a plot, a model format) -> the extra that installs them.
+PACKAGE_EXTRA = {"torch": "train", "torchvision": "train", "tensorboard": "train", "onnx": "quantize",
+                 "onnxsim": "quantize", "onnxscript": "quantize", "matplotlib": "plots", "ai_edge_litert": "tflite"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hagrid-edge", description=__doc__)
     parser.add_argument("--version", action="version", version=f"hagrid-edge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMANDS:
-        importlib.import_module(name).register(sub)
+    for module, _ in COMMANDS:
+        importlib.import_module(module).register(sub)
     return parser
+
+
+def missing_package(command: str, e: ModuleNotFoundError) -> HagridEdgeError:
+    """The one-line error for a package this install lacks: the extra that brings it, else a reinstall."""
+    package = (e.name or "").partition(".")[0]
+    if package in ("", "hagrid_edge"):  # our own module missing is a bug, not an install choice
+        raise e
+    extra = COMMAND_EXTRA.get(command) or PACKAGE_EXTRA.get(package)
+    if extra:
+        return MissingExtra(extra, package)
+    return HagridEdgeError(f"{package} is not installed: it belongs to the core install (pip install hagrid-edge)")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except ModuleNotFoundError as e:
+        print(f"hagrid-edge {args.command}: error: {missing_package(args.command, e)}", file=sys.stderr)
+        return 2
+    except MissingExtra as e:
+        print(f"hagrid-edge {args.command}: error: {e}", file=sys.stderr)
+        return 2
     except HagridEdgeError as e:
         print(f"hagrid-edge {args.command}: error: {e}", file=sys.stderr)
         return 1

@@ -91,8 +91,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17, data: 
     frames = _check_frames(data, split, check_images)
     batch = np.concatenate([preprocess(f, spec)[0] for f in frames])
     session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
-    ort_out = dict(zip([o.name for o in session.get_outputs()],
-                       session.run(None, {spec.input_name: batch}), strict=True))
+    names = [o.name for o in session.get_outputs()]
+    ort_out = dict(zip(names, session.run(names, {spec.input_name: batch})))  # noqa: B905 (3.8: no strict)
     with torch.no_grad():
         torch_out = model(torch.from_numpy(batch))
     diffs = {spec.output_names[r]: float(np.abs(ort_out[spec.output_names[r]] - torch_out[r].numpy()).max())

@@ -230,7 +230,8 @@ _RESNET_STEM = {"conv1.": "features.0.", "bn1.": "features.1.", "layer1.": "feat
 
 def _authors_key(key: str, task: str, name: str) -> str:
     for prefix in _PREFIXES:
-        key = key.removeprefix(prefix)
+        if key.startswith(prefix):
+            key = key[len(prefix):]
     if task == "detector":
         return "ssd." + key
     key = re.sub(r"^backbone\.0\.", "features.", key) if name in MOBILENETS else re.sub(

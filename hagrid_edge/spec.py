@@ -194,7 +194,8 @@ class ModelSpec:
                 d["priors"] = np.frombuffer(raw, dtype="<f4").reshape(priors["shape"]).copy()
             return cls(**d)
         except SpecError as e:
-            raise SpecError(f"{source}: {str(e).removeprefix('spec: ')}") from None
+            message, prefix = str(e), "spec: "
+            raise SpecError(f"{source}: {message[len(prefix):] if message.startswith(prefix) else message}") from None
         except (TypeError, ValueError, KeyError) as e:
             raise SpecError(f"{source}: malformed spec ({e})") from None
 
@@ -245,12 +246,32 @@ def embed_in_onnx(model: Any, spec: ModelSpec) -> None:
     entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(spec.to_dict(), sort_keys=True)
 
 
-def _read_onnx_embedded(path: Path) -> ModelSpec | None:
-    import onnx
+def _onnx_metadata_class() -> Any:
+    """A protobuf message with only ONNX ``ModelProto.metadata_props`` (field 14): the runtime reads the
+    spec with protobuf (a dependency of ONNX Runtime) and needs no onnx; every other field is skipped."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+    f = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(name="hagrid_edge_onnx_metadata.proto", package="hagrid_edge_onnx",
+                                               syntax="proto2")
+    entry = proto.message_type.add(name="StringStringEntryProto")
+    entry.field.add(name="key", number=1, type=f.TYPE_STRING, label=f.LABEL_OPTIONAL)
+    entry.field.add(name="value", number=2, type=f.TYPE_STRING, label=f.LABEL_OPTIONAL)
+    model = proto.message_type.add(name="ModelProto")
+    model.field.add(name="metadata_props", number=14, type=f.TYPE_MESSAGE, label=f.LABEL_REPEATED,
+                    type_name=".hagrid_edge_onnx.StringStringEntryProto")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("hagrid_edge_onnx.ModelProto"))
+
+
+def _read_onnx_embedded(path: Path) -> ModelSpec | None:
+    from google.protobuf.message import DecodeError
+
+    model = _onnx_metadata_class()()
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError and others for a corrupt file
+        model.ParseFromString(path.read_bytes())
+    except (DecodeError, RuntimeError) as e:  # not a protobuf, or a truncated one
         raise SpecError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
     for prop in model.metadata_props:
         if prop.key == ONNX_METADATA_KEY:

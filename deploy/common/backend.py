@@ -14,16 +14,17 @@ from typing import Protocol
 
 import numpy as np
 
-from hagrid_edge.errors import HagridEdgeError
+from hagrid_edge.errors import HagridEdgeError, MissingExtra
 from hagrid_edge.spec import ModelSpec, resolve_spec
 
-# suffix -> (module, class); module paths are relative to the installed hagrid_edge package.
-BACKENDS: dict[str, tuple[str, str]] = {
-    ".onnx": ("hagrid_edge.deploy.common.onnxruntime_backend", "OnnxRuntimeBackend"),
-    ".tflite": ("hagrid_edge.deploy.rpi.litert_backend", "LiteRTBackend"),
-    ".pt": ("hagrid_edge.deploy.common.torch_backend", "TorchBackend"),
-    ".trt": ("hagrid_edge.deploy.jetson.tensorrt_backend", "TensorRTBackend"),
-    ".engine": ("hagrid_edge.deploy.jetson.tensorrt_backend", "TensorRTBackend"),
+# suffix -> (module, class, extra that installs its runtime); modules are in the installed hagrid_edge package.
+# TensorRT and LiteRT adapters say themselves where their runtime comes from (JetPack's apt, a wheel).
+BACKENDS: dict[str, tuple[str, str, str]] = {
+    ".onnx": ("hagrid_edge.deploy.common.onnxruntime_backend", "OnnxRuntimeBackend", ""),
+    ".tflite": ("hagrid_edge.deploy.rpi.litert_backend", "LiteRTBackend", "tflite"),
+    ".pt": ("hagrid_edge.deploy.common.torch_backend", "TorchBackend", "train"),
+    ".trt": ("hagrid_edge.deploy.jetson.tensorrt_backend", "TensorRTBackend", "jetson"),
+    ".engine": ("hagrid_edge.deploy.jetson.tensorrt_backend", "TensorRTBackend", "jetson"),
 }
 
 
@@ -50,10 +51,12 @@ def open_backend(path: str | Path, spec: ModelSpec | None = None, spec_file: str
                               f"(known: {', '.join(sorted(BACKENDS))})")
     if spec is None:
         spec = resolve_spec(path, spec_file)
-    module_name, cls_name = entry
+    module_name, cls_name, extra = entry
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise HagridEdgeError(f"{path}: the runtime for {path.suffix} files is not installed ({e.name}); "
-                              f"see the README for the extra to install") from None
+        if not extra:
+            raise HagridEdgeError(f"{path}: the runtime for {path.suffix} files is not installed ({e.name}); "
+                                  "reinstall hagrid-edge") from None
+        raise MissingExtra(extra, f"{path}: the runtime for {path.suffix} files ({e.name})") from None
     return getattr(module, cls_name)(path, spec, threads=threads, device=device)

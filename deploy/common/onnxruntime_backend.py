@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from hagrid_edge.errors import HagridEdgeError
+from hagrid_edge.errors import HagridEdgeError, first_line
 from hagrid_edge.spec import ModelSpec
 
 _PROVIDERS = {
@@ -31,10 +31,9 @@ class OnnxRuntimeBackend:
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as e:  # ORT raises its own exception types for invalid/corrupt graphs
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise HagridEdgeError(f"{path}: ONNX Runtime cannot load it ({first})") from None
+                raise HagridEdgeError(f"{path}: ONNX Runtime cannot load it ({first_line(e)})") from None
         self.path, self.spec = path, spec
-        self.name = f"onnxruntime-{self.session.get_providers()[0].removesuffix('ExecutionProvider').lower()}"
+        self.name = "onnxruntime-" + self.session.get_providers()[0].replace("ExecutionProvider", "").lower()
         inputs = self.session.get_inputs()
         names = [i.name for i in inputs]
         if spec.input_name not in names:
@@ -49,4 +48,4 @@ class OnnxRuntimeBackend:
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(names, {self.spec.input_name: batch}), strict=True))
+        return dict(zip(names, self.session.run(names, {self.spec.input_name: batch})))  # noqa: B905 (3.8: no strict)

@@ -246,7 +246,7 @@ def available_splits(root: Path) -> list[str]:
     for parent in (root / "annotations", root / "hagrid_annotations"):
         if parent.is_dir():
             names |= {d.name for d in parent.iterdir() if d.is_dir()}
-    names |= {d.name.removeprefix("ann_") for d in root.glob("ann_*") if d.is_dir()}
+    names |= {d.name[len("ann_"):] for d in root.glob("ann_*") if d.is_dir()}
     return sorted(names)
 
 

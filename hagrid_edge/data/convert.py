@@ -57,7 +57,7 @@ def coco_dataset(root: Path, samples: Sequence[Sample], mode: str,
 
     sizes = [image_size(s) for s in (progress(samples) if progress else samples)]
     gt = coco_ground_truth(samples, sizes, mode)
-    for entry, s in zip(gt["images"], samples, strict=True):
+    for entry, s in zip(gt["images"], samples):  # noqa: B905 (3.8: no strict); one entry per sample
         entry["file_name"] = Path(os.path.relpath(s.image_path, root)).as_posix()
     return gt
 
@@ -66,7 +66,7 @@ def yolo_lines(sample: Sample, classes: Sequence[str]) -> list[str]:
     """``class cx cy w h`` (normalised, clipped to the image) per box."""
     index = {c: i for i, c in enumerate(classes)}
     lines = []
-    for (x, y, w, h), label in zip(sample.boxes.tolist(), sample.labels, strict=True):
+    for (x, y, w, h), label in zip(sample.boxes.tolist(), sample.labels):  # noqa: B905 (3.8: no strict)
         x1, y1 = max(x, 0.0), max(y, 0.0)
         x2, y2 = min(x + w, 1.0), min(y + h, 1.0)
         cls = 0 if len(classes) == 1 else index[label]

@@ -113,5 +113,5 @@ class ClassificationDataset(_HagridDataset):
 
 def collate(batch: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
     """Stack the images (all of the model's input size); keep targets as a list (box counts differ)."""
-    images, targets = zip(*batch, strict=True)
+    images, targets = zip(*batch)  # noqa: B905 (pairs)
     return torch.stack(images), list(targets)

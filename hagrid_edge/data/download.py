@@ -162,7 +162,7 @@ def _transfer(url: str, part: Path, timeout: float, progress: bool) -> int | Non
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
         with open(part, mode) as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
-                                         unit_divisor=1024, desc=part.name.removesuffix(".part"),
+                                         unit_divisor=1024, desc=part.stem,
                                          disable=not progress, leave=False) as bar:
             try:
                 while block := response.read(CHUNK):
@@ -245,7 +245,8 @@ def extract(archive: Path, target: Path) -> int:
             files = []
             for info in members:
                 rel = PurePosixPath(info.filename.replace("\\", "/"))
-                if not (root / rel).resolve().is_relative_to(root):
+                resolved = (root / rel).resolve()
+                if resolved != root and root not in resolved.parents:
                     raise DataError(f"{archive}: member {info.filename!r} resolves outside {target}")
                 if info.is_dir():
                     continue
