@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/pip install -q -e ".[dev,tflite]"
+.venv/bin/pip install -q -e ".[dev,tflite,train,quantize]"  # everything the tests need: runtime + every stage
 OUT=${1:-runs/demo}
 mkdir -p "$OUT"
 MODEL=assets/models/ssdlite_small_gestures.onnx
