@@ -27,13 +27,19 @@ GPU, SM = "Orin", (8, 7)
 
 # ---- fakes of the hardware libraries ------------------------------------------------------------
 def fake_tensorrt(version: str, fail_parse: bool = False, fail_build: bool = False) -> types.ModuleType:
+    """TensorRT ``version``'s builder API as far as build_engine uses it (strong typing only from 10.x)."""
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
-    trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1})
+    major = int(version.split(".")[0])
+    trt.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", {"EXPLICIT_BATCH": 0, **(
+        {"STRONGLY_TYPED": 1} if major >= 10 else {})})
+    trt.LayerType = enum.Enum("LayerType", "CONVOLUTION ACTIVATION QUANTIZE DEQUANTIZE OTHER")
+    layer_of = {"Conv": trt.LayerType.CONVOLUTION, "Relu": trt.LayerType.ACTIVATION,
+                "QuantizeLinear": trt.LayerType.QUANTIZE, "DequantizeLinear": trt.LayerType.DEQUANTIZE}
     trt.BuilderFlag = enum.IntEnum("BuilderFlag", "FP16 INT8 GPU_FALLBACK")
     trt.MemoryPoolType = enum.IntEnum("MemoryPoolType", {"WORKSPACE": 0})
     trt.DeviceType = enum.IntEnum("DeviceType", "GPU DLA")
-    trt.built = {}  # what the last build was asked to do
+    trt.built, trt.networks = {}, []  # what the last build was asked to do; every network created
 
     class Logger:
         WARNING = 2
@@ -54,7 +60,7 @@ def fake_tensorrt(version: str, fail_parse: bool = False, fail_build: bool = Fal
 
     class Network:
         def __init__(self, flags: int) -> None:
-            self.flags, self.inputs = flags, []
+            self.flags, self.inputs, self.layers = flags, [], []
 
         @property
         def num_inputs(self) -> int:
@@ -62,6 +68,13 @@ def fake_tensorrt(version: str, fail_parse: bool = False, fail_build: bool = Fal
 
         def get_input(self, i: int) -> Tensor:
             return self.inputs[i]
+
+        @property
+        def num_layers(self) -> int:
+            return len(self.layers)
+
+        def get_layer(self, i: int) -> types.SimpleNamespace:
+            return self.layers[i]
 
     class Error:
         def desc(self) -> str:
@@ -79,6 +92,8 @@ def fake_tensorrt(version: str, fail_parse: bool = False, fail_build: bool = Fal
             for i in model.graph.input:
                 dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in i.type.tensor_type.shape.dim)
                 self.network.inputs.append(Tensor(i.name, dims))
+            for node in model.graph.node:  # one layer per node, Q/DQ as TensorRT's own Q/DQ layers
+                self.network.layers.append(types.SimpleNamespace(type=layer_of.get(node.op_type, trt.LayerType.OTHER)))
             return True
 
         def get_error(self, i: int) -> Error:
@@ -130,7 +145,8 @@ def fake_tensorrt(version: str, fail_parse: bool = False, fail_build: bool = Fal
             pass
 
         def create_network(self, flags: int) -> Network:
-            return Network(flags)
+            trt.networks.append(Network(flags))
+            return trt.networks[-1]
 
         def create_builder_config(self) -> Config:
             return Config()
@@ -184,7 +200,8 @@ def artifacts(crop_classifier, mini_root, tmp_path_factory) -> dict[str, Path]:
     ("int8", "10.3.0", False, True, None, (["INT8", "FP16"], False, True)),
     ("int8", "10.3.0", True, False, 0, (["INT8", "FP16", "GPU_FALLBACK"], False, False)),
     ("fp16", "8.5.2", False, False, 1, (["FP16", "GPU_FALLBACK"], False, False)),
-    ("int8", "8.5.2", True, False, None, "needs TensorRT >= 8.6"),
+    ("int8", "8.5.2", True, False, None, (["INT8", "FP16"], False, False)),  # Q/DQ parses since TensorRT 8.0
+    ("int8", "8.2.1", True, False, None, (["INT8", "FP16"], False, False)),
     ("int8", "11.0.0", False, True, None, "no implicit INT8"),
     ("int8", "8.5.2", False, False, None, "needs --calib-cache"),
     ("int8", "8.6.1", True, True, None, "carries its own scales"),
@@ -208,7 +225,10 @@ def test_qdq_build_is_strongly_typed_and_records_metadata(artifacts, monkeypatch
     engine = artifacts["dir"] / "qdq.trt"
     info = build_engine(BuildOptions(artifacts["qdq"], "int8", engine, workspace_mib=256))
     net, config = trt.built["network"], trt.built["config"]
-    assert net.flags == 0b11 and config.flags == set() and config.int8_calibrator is None
+    # Q/DQ found in TensorRT's own parse, then parsed again into a strongly typed network
+    assert [n.flags for n in trt.networks] == [0b01, 0b11] and net is trt.networks[-1]
+    assert any(layer.type == trt.LayerType.QUANTIZE for layer in net.layers)
+    assert config.flags == set() and config.int8_calibrator is None
     assert config.pool == {"WORKSPACE": 256 << 20}
     assert config.profiles[0].shapes["input"] == ((1, 3, 128, 128), (1, 3, 128, 128), (8, 3, 128, 128))
     assert engine.read_bytes() == b"ENGINE"
@@ -224,6 +244,18 @@ def test_qdq_build_is_strongly_typed_and_records_metadata(artifacts, monkeypatch
     # the rebuild command the runtime prints is accepted by this script's parser as is
     args = parser().parse_args(shlex.split(rec.rebuild_command(engine))[2:])
     assert (args.onnx, args.precision, args.out) == (artifacts["qdq"], "int8", engine)
+
+
+def test_qdq_on_tensorrt_8_is_explicit_int8_without_a_calibrator(artifacts, monkeypatch):
+    """JetPack 5.1 (TensorRT 8.5): the QDQ ONNX builds with the INT8 flag and its own scales."""
+    trt = fake_tensorrt("8.5.2.2")
+    install(monkeypatch, trt)
+    monkeypatch.setitem(sys.modules, "onnx", None)  # the builder reads Q/DQ from TensorRT's parse, not onnx
+    info = build_engine(BuildOptions(artifacts["qdq"], "int8", artifacts["dir"] / "qdq85.trt"))
+    config = trt.built["config"]
+    assert [n.flags for n in trt.networks] == [0b01] and config.flags == {"INT8", "FP16"}
+    assert config.int8_calibrator is None and trt.built["cache"] is None
+    assert (info.tensorrt_version, info.precision, info.calibration_cache) == ("8.5.2.2", "int8", None)
 
 
 def test_fp32_with_cache_uses_a_retagged_cache_calibrator(artifacts, monkeypatch):
@@ -248,11 +280,14 @@ def test_old_tensorrt_workspace_dla_and_timing_cache(artifacts, monkeypatch):
     install(monkeypatch, trt)
     timing = artifacts["dir"] / "timing.cache"
     timing.write_bytes(b"seed")
-    build_engine(BuildOptions(artifacts["fp32"], "fp16", artifacts["dir"] / "dla.trt", dla_core=1,
-                              timing_cache=timing, workspace_mib=64))
+    engine = artifacts["dir"] / "dla.trt"
+    info = build_engine(BuildOptions(artifacts["fp32"], "fp16", engine, dla_core=1, timing_cache=timing,
+                                     workspace_mib=64))
     config = trt.built["config"]
     assert config.max_workspace_size == 64 << 20
     assert (config.default_device_type, config.DLA_core) == (trt.DeviceType.DLA, 1)
+    assert info.dla_core == 1 and engine_info(load_spec_file(sidecar_path(engine)), engine).dla_core == 1
+    assert "--dla-core 1" in info.rebuild_command(engine)
     assert config.flags == {"FP16", "GPU_FALLBACK"}
     assert timing.read_bytes() == b"timing:seed"
 

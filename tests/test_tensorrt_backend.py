@@ -1,7 +1,8 @@
 """The TensorRT adapter, with fakes of only what this machine lacks: the ``tensorrt`` module and the
 CUDA runtime calls. The fake engine executes the real ONNX graph it wraps (ONNX Runtime standing in
-for the GPU), so inputs, outputs, buffer sizes and copies go through the adapter for real; both
-TensorRT APIs are exercised (named tensors, TensorRT >= 8.5; bindings, TensorRT 8.2).
+for the GPU), so inputs, outputs, buffer sizes and copies go through the adapter for real. Each fake
+behaves like the TensorRT version it reports: named I/O tensors from 8.5 (the bindings API only below
+it), INT64 I/O only from 10.0 (8.x engines carry INT64 tensors as INT32).
 """
 
 from __future__ import annotations
@@ -66,10 +67,11 @@ def fake_cudart() -> types.ModuleType:
 
 # ---- fake tensorrt: an engine that is an ONNX graph, run by ONNX Runtime ---------------------------
 class _Graph:
-    """What both fake engine APIs share: I/O of the wrapped graph, shapes, execution."""
+    """What both fake engine APIs share: I/O of the wrapped graph, shapes, profile, execution."""
 
-    def __init__(self, trt: types.ModuleType, onnx_bytes: bytes, max_batch: int) -> None:
-        self.trt, self.session, self.max_batch = trt, ort.InferenceSession(onnx_bytes), max_batch
+    def __init__(self, trt: types.ModuleType, onnx_bytes: bytes, batches: tuple[int, int], dla_core: int) -> None:
+        self.trt, self.session, self.batches = trt, ort.InferenceSession(onnx_bytes), batches
+        self.dla_core = dla_core  # the runtime's DLA core when it deserialized this engine
         self.io = [(i.name, True, i.shape, i.type) for i in self.session.get_inputs()]
         self.io += [(o.name, False, o.shape, o.type) for o in self.session.get_outputs()]
 
@@ -77,7 +79,18 @@ class _Graph:
         return tuple(d if isinstance(d, int) else -1 for d in self.io[k][2])
 
     def dtype(self, k: int) -> object:
-        return {"tensor(float)": self.trt.DataType.FLOAT, "tensor(int64)": self.trt.DataType.INT64}[self.io[k][3]]
+        dt = self.trt.DataType
+        return {"tensor(float)": dt.FLOAT, "tensor(int64)": getattr(dt, "INT64", dt.INT32)}[self.io[k][3]]
+
+    def profile(self, k: int) -> tuple:
+        """(min, opt, max) shapes of a dynamic-batch input."""
+        shape = self.static_shape(k)
+        return tuple((n, *shape[1:]) for n in (self.batches[0], self.batches[0], self.batches[1]))
+
+    def accepts(self, k: int, shape: tuple) -> bool:
+        """What TensorRT's shape setters return: whether ``shape`` lies within the profile."""
+        lo, _, hi = self.profile(k)
+        return len(shape) == len(lo) and all(a <= d <= b for a, d, b in zip(lo, shape, hi, strict=True))
 
 
 class _Context:
@@ -100,7 +113,7 @@ class _Context:
                 feeds[name] = np.frombuffer(raw, np.float32).reshape(shape)
         for k, value in enumerate(self.g.session.run(None, feeds)):
             name = self.g.io[len(feeds) + k][0]
-            value = np.ascontiguousarray(value)
+            value = np.ascontiguousarray(value, dtype=self.g.trt.nptype(self.g.dtype(len(feeds) + k)))
             ctypes.memmove(self.addresses[name], value.ctypes.data, value.nbytes)
         return True
 
@@ -126,14 +139,15 @@ class EngineV3(_Graph):  # TensorRT >= 8.5: named I/O tensors
         return self.dtype(self._k(name))
 
     def get_tensor_profile_shape(self, name: str, profile: int) -> tuple:
-        shape = self.static_shape(self._k(name))
-        return tuple((n, *shape[1:]) for n in (1, 1, self.max_batch))
+        return self.profile(self._k(name))
 
     def create_execution_context(self) -> object:
         engine = self
 
         class Context(_Context):
             def set_input_shape(self, name: str, shape: tuple) -> bool:
+                if not engine.accepts(engine._k(name), tuple(shape)):
+                    return False
                 self.input_shapes[name] = tuple(shape)
                 return True
 
@@ -172,14 +186,15 @@ class EngineV2(_Graph):  # TensorRT 8.2 (JetPack 4.6): bindings
         return self.dtype(i)
 
     def get_profile_shape(self, profile: int, i: int) -> tuple:
-        shape = self.static_shape(i)
-        return tuple((n, *shape[1:]) for n in (1, 1, self.max_batch))
+        return self.profile(i)
 
     def create_execution_context(self) -> object:
         engine = self
 
         class Context(_Context):
             def set_binding_shape(self, i: int, shape: tuple) -> bool:
+                if not engine.accepts(i, tuple(shape)):
+                    return False
                 self.input_shapes[engine.io[i][0]] = tuple(shape)
                 return True
 
@@ -193,14 +208,16 @@ class EngineV2(_Graph):  # TensorRT 8.2 (JetPack 4.6): bindings
         return Context(self)
 
 
-def fake_tensorrt(version: str, engine_cls: type, max_batch: int = 8) -> types.ModuleType:
+def fake_tensorrt(version: str, batches: tuple[int, int] = (1, 8)) -> types.ModuleType:
+    """TensorRT ``version``'s Python API as far as the adapter uses it; engines profile ``batches`` (min, max)."""
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
-    trt.DataType = enum.Enum("DataType", "FLOAT HALF INT8 INT32 INT64")
+    major, minor = (int(p) for p in version.split(".")[:2])
+    engine_cls = EngineV3 if (major, minor) >= (8, 5) else EngineV2
+    trt.DataType = enum.Enum("DataType", "FLOAT HALF INT8 INT32" + (" INT64" if major >= 10 else ""))
     trt.TensorIOMode = enum.Enum("TensorIOMode", "NONE INPUT OUTPUT")
-    trt.nptype = lambda t: {trt.DataType.FLOAT: np.float32, trt.DataType.HALF: np.float16,
-                            trt.DataType.INT8: np.int8, trt.DataType.INT32: np.int32,
-                            trt.DataType.INT64: np.int64}[t]
+    trt.nptype = lambda t: {"FLOAT": np.float32, "HALF": np.float16, "INT8": np.int8, "INT32": np.int32,
+                            "INT64": np.int64}[t.name]
 
     class Logger:
         WARNING = 2
@@ -210,12 +227,12 @@ def fake_tensorrt(version: str, engine_cls: type, max_batch: int = 8) -> types.M
 
     class Runtime:
         def __init__(self, logger: Logger) -> None:
-            self.logger = logger
+            self.logger, self.DLA_core = logger, -1  # -1: no DLA core chosen
 
         def deserialize_cuda_engine(self, data: bytes) -> object | None:
             if not data.startswith(MAGIC):
                 return None  # what TensorRT does with a file that is not one of its engines
-            return engine_cls(trt, data[len(MAGIC):], max_batch)
+            return engine_cls(trt, data[len(MAGIC):], batches, self.DLA_core)
 
     trt.Logger, trt.Runtime = Logger, Runtime
     return trt
@@ -232,29 +249,32 @@ def hardware(monkeypatch: pytest.MonkeyPatch):
     for name, module in (("cuda", cuda), ("cuda.bindings", bindings), ("cuda.bindings.runtime", rt)):
         monkeypatch.setitem(sys.modules, name, module)
 
-    def install(version: str = "10.3.0", engine_cls: type = EngineV3) -> types.SimpleNamespace:
-        monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(version, engine_cls))
+    def install(version: str = "10.3.0", batches: tuple[int, int] = (1, 8)) -> types.SimpleNamespace:
+        monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(version, batches))
         return types.SimpleNamespace(cudart=rt)
 
     return install
 
 
-def make_engine(onnx: Path, out: Path, trt_version: str = "10.3.0", gpu: str = GPU, sm: str = "8.7") -> Path:
+def make_engine(onnx: Path, out: Path, trt_version: str = "10.3.0", gpu: str = GPU, sm: str = "8.7",
+                dla_core: int | None = None) -> Path:
     """A ".engine" file (the fake's format) with the sidecar spec and engine record the builder writes."""
     out.write_bytes(MAGIC + onnx.read_bytes())
     info = EngineInfo(tensorrt_version=trt_version, gpu=gpu, compute_capability=sm, precision="fp16",
-                      source_onnx=str(onnx), source_onnx_sha256="0" * 64)
+                      source_onnx=str(onnx), source_onnx_sha256="0" * 64, dla_core=dla_core)
     save_sidecar(with_engine_info(resolve_spec(onnx), info), out)
     return out
 
 
-@pytest.mark.parametrize("api", [EngineV3, EngineV2], ids=["tensorrt10", "tensorrt8.2"])
-def test_engine_outputs_match_onnx(api: type, hardware, crop_classifier: Path, mini_root: Path,
+@pytest.mark.parametrize("version", ["10.3.0", "8.5.2", "8.2.1"])  # JetPack 6.1, 5.1, 4.6
+def test_engine_outputs_match_onnx(version: str, hardware, crop_classifier: Path, mini_root: Path,
                                    tmp_path: Path) -> None:
-    hardware(engine_cls=api)
-    engine = make_engine(crop_classifier, tmp_path / "cls.engine")
+    hardware(version)
+    engine = make_engine(crop_classifier, tmp_path / "cls.engine", trt_version=version)
     backend = open_backend(engine)
     assert backend.name == "tensorrt-cuda" and backend.max_batch == 8
+    assert hasattr(backend.engine, "num_io_tensors") != hasattr(backend.engine, "num_bindings")
+    assert hasattr(backend.engine, "num_bindings") == (version == "8.2.1")
     from test_run_cli import letterboxed
 
     frame = letterboxed(mini_root, *SEQUENCE[0])[:, :, ::-1]
@@ -331,3 +351,24 @@ def test_engine_without_record_or_runtime(crop_classifier: Path, tmp_path: Path,
     hardware()
     with pytest.raises(HagridEdgeError, match="no provenance.engine record"):
         open_backend(engine)
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "8.2.1"])
+def test_dla_core_and_shapes_outside_the_profile(version: str, hardware, crop_classifier: Path,
+                                                 tmp_path: Path) -> None:
+    """The DLA core recorded at build time is the one the engine is loaded onto; a shape the engine's
+    profile refuses (TensorRT's shape setter returns False) or a wrong input size is one clear error."""
+    hardware(version)
+    assert open_backend(make_engine(crop_classifier, tmp_path / "gpu.engine", trt_version=version)).engine.dla_core == -1
+    backend = open_backend(make_engine(crop_classifier, tmp_path / "dla.engine", trt_version=version, dla_core=1))
+    assert backend.engine.dla_core == 1
+    x = np.zeros((1, *backend._in_dims), np.float32)
+    with pytest.raises(HagridEdgeError, match=r"input of shape \(1, 3, 64, 64\), the engine takes \(N, 3, 128, 128\)"):
+        backend.infer(np.zeros((1, 3, 64, 64), np.float32))
+
+    hardware(version, batches=(2, 8))  # an engine built with a smallest batch of 2
+    backend = open_backend(make_engine(crop_classifier, tmp_path / "min2.engine", trt_version=version))
+    assert len(backend.infer(np.repeat(x, 2, axis=0))["labels"]) == 2
+    with pytest.raises(HagridEdgeError, match=r"refused input shape \(1, 3, 128, 128\) for 'input' \(outside the "
+                                              r"engine's optimisation profile\)"):
+        backend.infer(x)

@@ -2,9 +2,12 @@
 
     python deploy/jetson/build_engine.py --onnx SRC --precision fp32|fp16|int8 --out ENGINE [--calib-cache C]
 
-INT8 comes from either a QDQ ONNX (explicit quantization, TensorRT >= 8.6; a strongly typed network on
-TensorRT >= 10) or the FP32 ONNX plus the calibration cache written by ``quantize/calibrate.py``
-(implicit INT8 for TensorRT 8.x; the cache's header is retagged for the TensorRT found here). The
+INT8 comes from either a QDQ ONNX (explicit quantization: TensorRT's ONNX parser maps QuantizeLinear /
+DequantizeLinear, per-tensor and per-axis, onto its Q/DQ layers since 8.0 (TensorRT OSS 8.0.1 release
+notes), so every supported TensorRT, 8.2 on; a strongly typed network on TensorRT >= 10) or the FP32
+ONNX plus the calibration cache written by ``quantize/calibrate.py`` (implicit INT8 for TensorRT 8.x to
+10.x; the cache's header is retagged for the TensorRT found here). Whether the ONNX carries Q/DQ is
+read from TensorRT's own parse of it, so the builder needs no onnx package. The
 engine's ``<engine>.json`` sidecar carries the source's spec plus ``provenance.engine`` (TensorRT
 version, GPU, precision, source ONNX sha256) that the runtime checks before loading it.
 TensorRT and cuda-python are imported only when a build runs.
@@ -25,8 +28,7 @@ from hagrid_edge.paths import write_bytes_atomic
 from hagrid_edge.quantize.trt_cache import CalibrationCache, format_cache, read_cache, retag
 from hagrid_edge.spec import resolve_spec, save_sidecar, sha256_file
 
-MIN_TRT = (8, 2)  # JetPack 4.6
-MIN_TRT_QDQ = (8, 6)
+MIN_TRT = (8, 2)  # JetPack 4.6; Q/DQ ONNX parses from 8.0, so explicit INT8 works on every supported version
 STRONGLY_TYPED_FROM = (10, 0)
 IMPLICIT_INT8_UNTIL = 10  # TensorRT 11 builds strongly typed networks only
 CALIBRATORS = {"EntropyCalibration2": "IInt8EntropyCalibrator2", "EntropyCalibration": "IInt8EntropyCalibrator",
@@ -63,14 +65,10 @@ def trt_version(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
-def has_qdq(onnx_path: Path) -> bool:
-    import onnx
-
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as e:  # onnx raises DecodeError and others for a corrupt file
-        raise HagridEdgeError(f"{onnx_path}: not a readable ONNX model ({type(e).__name__})") from None
-    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+def has_qdq(trt: ModuleType, network: object) -> bool:
+    """Whether the parsed network has Q/DQ layers (explicit quantization)."""
+    qdq = (trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE)
+    return any(network.get_layer(i).type in qdq for i in range(network.num_layers))
 
 
 def plan_build(opts: BuildOptions, version: str, qdq: bool) -> BuildPlan:
@@ -89,9 +87,6 @@ def plan_build(opts: BuildOptions, version: str, qdq: bool) -> BuildPlan:
     if opts.precision == "fp16":
         plan.flags.append("FP16")
     elif opts.precision == "int8" and qdq:
-        if v < MIN_TRT_QDQ:
-            raise HagridEdgeError(f"{opts.onnx}: a QDQ ONNX needs TensorRT >= {MIN_TRT_QDQ[0]}.{MIN_TRT_QDQ[1]}, this is "
-                                  f"{version}; build from the FP32 ONNX with --calib-cache instead")
         plan.strongly_typed = v >= STRONGLY_TYPED_FROM and opts.dla_core is None
         if not plan.strongly_typed:
             plan.flags += ["INT8", "FP16"] if opts.fp16_fallback else ["INT8"]
@@ -173,15 +168,16 @@ def build_engine(opts: BuildOptions) -> EngineInfo:
     spec = resolve_spec(opts.onnx, opts.spec)
     cache = read_cache(opts.calib_cache) if opts.calib_cache is not None else None
     trt = _import_tensorrt()
-    plan = plan_build(opts, trt.__version__, has_qdq(opts.onnx))
     gpu, capability = device_identity(_import_cudart())
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    if plan.strongly_typed:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     _parse(trt, network, logger, opts.onnx)
+    plan = plan_build(opts, trt.__version__, has_qdq(trt, network))
+    if plan.strongly_typed:  # the network kind is fixed at creation: parse again into a strongly typed one
+        network = builder.create_network(flags | 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+        _parse(trt, network, logger, opts.onnx)
     config = builder.create_builder_config()
     if hasattr(config, "set_memory_pool_limit"):
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mib << 20)
@@ -211,7 +207,7 @@ def build_engine(opts: BuildOptions) -> EngineInfo:
         write_bytes_atomic(opts.timing_cache, bytes(config.get_timing_cache().serialize()))
     info = EngineInfo(tensorrt_version=trt.__version__, gpu=gpu, compute_capability=capability,
                       precision=opts.precision, source_onnx=str(opts.onnx), source_onnx_sha256=sha256_file(opts.onnx),
-                      calibration_cache=str(opts.calib_cache) if opts.calib_cache else None)
+                      calibration_cache=str(opts.calib_cache) if opts.calib_cache else None, dla_core=opts.dla_core)
     save_sidecar(with_engine_info(spec, info), opts.out)
     return info
 

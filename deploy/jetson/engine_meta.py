@@ -28,12 +28,15 @@ class EngineInfo:
     source_onnx_sha256: str
     calibration_cache: str | None = None
     jetpack: str | None = None
+    dla_core: int | None = None  # the DLA core it was built for; the runtime loads it onto the same core
 
     def rebuild_command(self, engine: str | Path) -> str:
         cmd = ["python", "deploy/jetson/build_engine.py", "--onnx", self.source_onnx,
                "--precision", self.precision, "--out", str(engine)]
         if self.calibration_cache:
             cmd += ["--calib-cache", self.calibration_cache]
+        if self.dla_core is not None:
+            cmd += ["--dla-core", str(self.dla_core)]
         return shlex.join(cmd)
 
 

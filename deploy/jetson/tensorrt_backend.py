@@ -4,8 +4,9 @@ Before deserializing, the engine's record (``provenance.engine`` in its ``<engin
 is checked against the running TensorRT version and GPU; an engine from elsewhere is refused with
 the command that rebuilds it here. Both TensorRT APIs are served: named I/O tensors
 (``execute_async_v3``, TensorRT >= 8.5: JetPack 5.1 and 6) and bindings (``execute_async_v2``,
-TensorRT 8.2 on JetPack 4.6). Outputs must have static shapes (raw SSD heads, logits): an engine
-with NMS inside has data-dependent output sizes and is refused.
+TensorRT 8.2 on JetPack 4.6). An engine built for a DLA core is loaded onto that core. Outputs must
+have static shapes (raw SSD heads, logits): an engine with NMS inside has data-dependent output
+sizes and is refused.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class TensorRTBackend:
         check_compatible(info, path, trt.__version__, gpu, compute_capability)
 
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        if info.dla_core is not None:  # DLA engines deserialize onto the runtime's DLA core
+            self._runtime.DLA_core = info.dla_core
         self.engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
         if self.engine is None:
             raise HagridEdgeError(f"{path}: TensorRT cannot deserialize it (not an engine, or a damaged one); "
@@ -102,7 +105,7 @@ class TensorRTBackend:
         _, in_shape, in_dtype = io[spec.input_name]
         if in_dtype != np.dtype(spec.input_dtype):
             raise HagridEdgeError(f"{path}: the engine's input is {in_dtype}, the spec says {spec.input_dtype}")
-        self._in_dtype = in_dtype
+        self._in_dtype, self._in_dims = in_dtype, tuple(in_shape[1:])
         self._dynamic_batch = in_shape[0] < 0
         max_shape = self._max_input_shape(in_shape)
         self.max_batch = int(max_shape[0])
@@ -149,10 +152,15 @@ class TensorRTBackend:
         return self.engine.get_binding_index(name)
 
     def _set_input_shape(self, shape: tuple[int, ...]) -> None:
+        name = self.spec.input_name
         if self._v3:
-            self.context.set_input_shape(self.spec.input_name, shape)
+            ok = self.context.set_input_shape(name, shape)
         else:
-            self.context.set_binding_shape(self._binding(self.spec.input_name), shape)
+            ok = self.context.set_binding_shape(self._binding(name), shape)
+        if not ok:  # outside the engine's optimisation profile
+            raise HagridEdgeError(f"{self.path}: TensorRT refused input shape {tuple(shape)} for {name!r} "
+                                  "(outside the engine's optimisation profile); rebuild it with a profile that "
+                                  "covers it (build_engine.py --max-batch)")
 
     def _shape(self, name: str) -> tuple[int, ...]:
         if self._v3:
@@ -164,6 +172,9 @@ class TensorRTBackend:
         if batch.dtype != self._in_dtype:
             raise HagridEdgeError(f"{self.path}: input is {self._in_dtype}, got {batch.dtype}; "
                                   "the spec's input_dtype does not match the engine")
+        if tuple(batch.shape[1:]) != self._in_dims:
+            raise HagridEdgeError(f"{self.path}: input of shape {tuple(batch.shape)}, the engine takes "
+                                  f"(N, {', '.join(map(str, self._in_dims))})")
         if len(batch) > self.max_batch or (not self._dynamic_batch and len(batch) != self.max_batch):
             raise HagridEdgeError(f"{self.path}: batch of {len(batch)}, the engine takes "
                                   f"{'up to ' if self._dynamic_batch else ''}{self.max_batch}")
