@@ -32,6 +32,17 @@ def build_report(rows: list[dict[str, Any]], machine: dict[str, Any], run: dict[
             "rows": [{"machine": label, **row} for row in rows]}
 
 
+def add_machine(report: dict[str, Any], machine: dict[str, Any], run: dict[str, Any],
+                rows: list[dict[str, Any]]) -> None:
+    """Add another machine's rows to ``report`` (an emulated Pi measured in the same bench run)."""
+    label = str(machine["label"])
+    if label in report["machines"]:
+        raise HagridEdgeError(f"machine {label!r} is already in the report")
+    report["machines"][label] = machine
+    report["runs"][label] = run
+    report["rows"] += [{"machine": label, **row} for row in rows]
+
+
 def load_report(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     data = read_json(path, f"{path}: report")
@@ -120,6 +131,11 @@ def _md_table(header: list[str], body: list[list[str]]) -> list[str]:
 
 
 def _machine_line(label: str, m: dict[str, Any], run: dict[str, Any]) -> str:
+    if m.get("emulated"):
+        counted = run.get("instructions") or {}
+        return (f"- **{label}**: {m.get('cpu')}; {m.get('board')}; Python {m.get('python')}. Instructions counted "
+                f"on {counted.get('frames')} real frames of {run.get('data_name')} [{run.get('split')}] after "
+                f"{counted.get('warmup')} warm-up frame(s), batch 1, {counted.get('threads')} thread.")
     libs = ", ".join(f"{k} {v}" for k, v in (m.get("libraries") or {}).items())
     board = f"; board: {m['board']}" if m.get("board") else ""
     jetson = "; " + ", ".join(f"{k}: {v}" for k, v in m["jetson"].items()) if m.get("jetson") else ""
@@ -140,8 +156,32 @@ def _per_class(rows: list[dict[str, Any]], task: str, several: bool) -> list[str
     return ["", f"## {title}", "", *_md_table(header, body)]
 
 
+def _millions(value: Any) -> str:
+    return "–" if value is None else f"{value / 1e6:.2f}"
+
+
+def _instruction_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Instructions per frame on emulated CPUs, per stage; INT8 rows with their ratio to FP32."""
+    from hagrid_edge.benchmarks.emulate import PROXY_NOTE
+
+    counted = [r for r in rows if r.get("instructions") or (r.get("error") and r["machine"].endswith("-emulated"))]
+    if not counted:
+        return []
+    header = ["device", "artifact", "precision", "pre M", "infer M", "post M", "total M", "pre+post share",
+              "× FP32 infer", "× FP32 total", "note"]
+    body = []
+    for r in counted:
+        ins, ratio = r.get("instructions") or {}, r.get("instructions_ratio") or {}
+        share = ins.get("pre_post_share")
+        body.append([r["machine"], r["id"], r.get("precision") or "–", *(_millions(ins.get(s)) for s in
+                     ("pre", "infer", "post", "total")), "–" if share is None else f"{share:.0%}",
+                     _num(ratio.get("infer"), 2), _num(ratio.get("total"), 2), _note(r)])
+    return ["", "## Instructions per frame (emulated Pi CPUs)", "", *_md_table(header, body), "",
+            "Millions of instructions per frame, median over the counted frames. " + PROXY_NOTE]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
-    rows = report["rows"]
+    rows = [r for r in report["rows"] if not r["machine"].endswith("-emulated")]
     header = ["device", "artifact", "kind", "format", "precision"] + [c for _, _, c in ACCURACY_COLUMNS] + [
         "Δ vs FP32", "infer ms p50 / p90 / p99", "e2e ms p50", "FPS", "× FP32 e2e", "size MB", "peak RSS MB", "note"]
     lines = ["# hagrid-edge benchmark", "",
@@ -154,6 +194,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     several = len(report["machines"]) > 1
     for task in ("gestures", "classify"):  # the hands task has one class: its AP is the hands mAP column
         lines += _per_class(rows, task, several)
+    lines += _instruction_table(report["rows"])
     gate = report.get("gate")
     if gate:
         lines += ["", "## Gate", "", f"Baseline `{gate['baseline']}`: {gate['checks']} checks, "
@@ -190,14 +231,14 @@ def plot(report: dict[str, Any], out: Path) -> None:
     rows = [r for r in report["rows"] if not r.get("error") and _latency_ms(r) is not None]
     panels = [(t, m) for t, m in PRIMARY if any(accuracy_of(r, t, m) is not None for r in rows)] or [PRIMARY[0]]
     labels = {"gestures": "gestures mAP50-95 (%)", "hands": "hands mAP50-95 (%)", "classify": "classifier F1 (%)"}
-    markers = dict(zip(report["machines"], "osD^vP*X", strict=False))
-    fronts = dict(zip(report["machines"], ("tab:green", "tab:purple", "tab:orange", "tab:brown"), strict=False))
+    markers = dict(zip(report["machines"], "osD^vP*X"))  # noqa: B905
+    fronts = dict(zip(report["machines"], ("tab:green", "tab:purple", "tab:orange", "tab:brown")))  # noqa: B905
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), squeeze=False)
-    for ax, (task, metric) in zip(axes[0], panels, strict=True):
+    for ax, (task, metric) in zip(axes[0], panels):  # noqa: B905
         for machine, marker in markers.items():
             mine = [r for r in rows if r["machine"] == machine and accuracy_of(r, task, metric) is not None]
             pts = [(_latency_ms(r), accuracy_of(r, task, metric)) for r in mine]
-            for r, (x, y) in zip(mine, pts, strict=True):
+            for r, (x, y) in zip(mine, pts):  # noqa: B905
                 ax.scatter(x, y, marker=marker, s=50, zorder=3,
                            color="tab:red" if "INT8" in str(r.get("precision")) else "tab:blue")
                 ax.annotate(r["id"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)

@@ -67,7 +67,7 @@ def make_targets(models: list[str], latency_only: list[str]) -> list[Target]:
     while depth < deepest and len({"/".join(Path(p).parts[-depth:]) for p in paths}) < len(paths):
         depth += 1
     names = [PAIR_SEPARATOR.join("/".join(Path(p).parts[-depth:]) for p in (m, c) if p) for m, c, _ in entries]
-    return [Target(n, m, c, lo) for n, (m, c, lo) in zip(names, entries, strict=True)]
+    return [Target(n, m, c, lo) for n, (m, c, lo) in zip(names, entries)]  # noqa: B905
 
 
 # ---- inside the row's own process ---------------------------------------------------------------
@@ -230,7 +230,7 @@ def measure(target: Target, config: SuiteConfig) -> dict[str, Any]:
             raise HagridEdgeError(f"{path}: no such model file")
     samples = load_split(config.data, config.split)[: config.limit or None]
     frames = [read_rgb(s.image_path) for s in samples[: config.frames]]
-    boxes = [s.boxes_xyxy(f.shape[1], f.shape[0])[:1] for s, f in zip(samples, frames, strict=False)]
+    boxes = [s.boxes_xyxy(f.shape[1], f.shape[0])[:1] for s, f in zip(samples, frames)]  # noqa: B905
     inp = _Inputs(samples, frames, boxes, config)
     rss_before = current_rss_bytes()
     if target.latency_only:
@@ -241,7 +241,7 @@ def measure(target: Target, config: SuiteConfig) -> dict[str, Any]:
         m = _detector(target, inp)
     return {
         "kind": m.kind,
-        "artifacts": [_artifact_facts(Path(p), s) for p, s in zip(target.paths, m.specs, strict=True)],
+        "artifacts": [_artifact_facts(Path(p), s) for p, s in zip(target.paths, m.specs)],  # noqa: B905
         "images": len(samples),
         "accuracy": {task: {k: v for k, v in result.items() if k not in ("task", "seconds")}
                      for task, result in m.accuracy.items()},

@@ -45,16 +45,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", default=str(DEFAULT_BASELINE), metavar="FILE",
                    help="accepted figures for --gate (default: benchmarks/baseline.json)")
     p.add_argument("--write-baseline", metavar="FILE", help="save this run's figures as a new baseline")
+    p.add_argument("--emulate", metavar="CPUS",
+                   help="also count guest instructions per frame and stage on emulated Raspberry Pi CPUs "
+                        "(pi4,pi5: qemu-aarch64 user mode on a Pi's Debian 12 arm64 userland; a proxy, not a "
+                        "latency); one extra device per CPU")
+    p.add_argument("--emulate-frames", type=int, default=8, metavar="N",
+                   help="real frames counted per artifact on each emulated CPU, after one warm-up frame (default: 8)")
     p.add_argument("--merge", nargs="+", metavar="REPORT_JSON",
                    help="merge report.json files from several devices into one report (no benchmarking)")
     p.set_defaults(func=run)
 
 
 def _positive(args: argparse.Namespace) -> None:
-    for name in ("runs", "threads", "limit"):
+    for name in ("runs", "threads", "limit", "emulate_frames"):
         value = getattr(args, name)
         if value is not None and value < 1:
-            raise HagridEdgeError(f"--{name}: must be at least 1, got {value}")
+            raise HagridEdgeError(f"--{name.replace('_', '-')}: must be at least 1, got {value}")
     if args.warmup < 0 or args.min_time < 0 or args.timeout <= 0:
         raise HagridEdgeError("--warmup and --min-time must be >= 0, --timeout > 0")
 
@@ -79,9 +85,9 @@ def _references(pairs: list[str]) -> dict[str, str]:
 def _merge(args: argparse.Namespace) -> dict:
     from hagrid_edge.benchmarks import report
 
-    if args.model or args.latency_only or args.gate or args.write_baseline:
-        raise HagridEdgeError("--merge combines existing reports: it takes no --model, --latency-only, --gate "
-                              "or --write-baseline")
+    if args.model or args.latency_only or args.gate or args.write_baseline or args.emulate:
+        raise HagridEdgeError("--merge combines existing reports: it takes no --model, --latency-only, --gate, "
+                              "--write-baseline or --emulate")
     return report.merge([(path, report.load_report(path)) for path in args.merge])
 
 
@@ -92,6 +98,7 @@ def _bench(args: argparse.Namespace) -> dict:
     from hagrid_edge.benchmarks.latency import LatencyConfig
     from hagrid_edge.data.annotations import load_split
 
+    cpus = _emulated_cpus(args)
     if not args.model and not args.latency_only:
         raise HagridEdgeError("nothing to benchmark: give --model FILE... and/or --latency-only FILE...")
     if not args.data:
@@ -108,7 +115,26 @@ def _bench(args: argparse.Namespace) -> dict:
                 "latency": {"warmup": latency.warmup, "runs": latency.runs, "min_time_s": latency.min_time_s,
                             "threads": latency.threads},
                 "command": "hagrid-edge " + shlex.join(sys.argv[1:])}
-    return report.build_report(rows, machine.describe(args.machine), run_info)
+    rep = report.build_report(rows, machine.describe(args.machine), run_info)
+    if cpus:
+        from hagrid_edge.benchmarks.emulate import emulated_reports
+
+        for extra in emulated_reports(cpus, targets, config, references, frames=args.emulate_frames,
+                                      progress=lambda m: print(m, file=sys.stderr, flush=True)):
+            report.add_machine(rep, *extra)
+    return rep
+
+
+def _emulated_cpus(args: argparse.Namespace) -> list:
+    """The Pi CPU profiles of --emulate (checked before anything is measured)."""
+    if not args.emulate:
+        return []
+    if args.gate or args.write_baseline:
+        raise HagridEdgeError("--emulate adds emulated devices to the report; the gate and baselines judge one "
+                              "device: run --gate without --emulate")
+    from hagrid_edge.deploy.rpi.emulate import parse_cpus
+
+    return parse_cpus(args.emulate)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# CI lane: the shipped INT8 TFLite pair on an emulated Raspberry Pi 5 (Debian 12 arm64, Python 3.11,
+# aarch64 wheels, qemu-aarch64 -cpu cortex-a76) against x86, both measured here in the same run:
+#   hagrid-edge eval on hagrid512-mini val (mAP within 0.3 points) and
+#   hagrid-edge run over assets/hagrid-sample/ (the same gesture events).
+# usage: deploy/rpi/ci_lane.sh [EVAL_LIMIT]   (default: $PI_LANE_LIMIT, else every val image)
+# The first run builds the emulated userland (about a minute, cached in ~/.cache/hagrid-edge).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+python=${PYTHON:-.venv/bin/python}
+export PYTHON=$python
+data=${HAGRID_EDGE_SHARED:-../shared}/data/hagrid512-mini
+det=assets/models/hand_detector_int8.tflite
+cls=assets/models/crops_classifier_int8.tflite
+limit=${1:-${PI_LANE_LIMIT:-}}
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+eval_args=(eval --model "$det" --classifier "$cls" --data "$data" --split val --threads 1 --json)
+run_args=(run --engine "$det" --classifier "$cls" --source assets/hagrid-sample/ --headless --threads 1)
+[ -z "$limit" ] || eval_args+=(--limit "$limit")
+
+start=$SECONDS
+"$python" -m hagrid_edge.cli "${eval_args[@]}" > "$out/x86-eval.json"
+"$python" -m hagrid_edge.cli "${run_args[@]}" --events "$out/x86-events.jsonl" > /dev/null
+deploy/rpi/emulate.sh --cpu pi5 --build-only
+built=$SECONDS
+deploy/rpi/emulate.sh --cpu pi5 -- hagrid-edge "${eval_args[@]}" > "$out/pi5-eval.json"
+deploy/rpi/emulate.sh --cpu pi5 -- hagrid-edge "${run_args[@]}" --events "$out/pi5-events.jsonl" > /dev/null
+"$python" -m hagrid_edge.deploy.rpi.compare "$out/x86-eval.json" "$out/pi5-eval.json" \
+    "$out/x86-events.jsonl" "$out/pi5-events.jsonl"
+echo "pi lane: $((SECONDS - start)) s ($((SECONDS - built)) s on the emulated Pi 5)" >&2

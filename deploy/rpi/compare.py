@@ -1,0 +1,118 @@
+"""The Pi CI lane's check: Arm (emulated Pi) figures against x86 figures made in the same CI run.
+
+Same input tensors give bit-identical INT8 outputs on both, but OpenCV's linear resize differs by
++-1 on a fraction of pixels between x86 and Arm builds, so end-to-end figures may move a little:
+mAP must agree within ``MAP_TOLERANCE`` points and the gesture events must be the same events
+(start/end, gesture, track, frame); scores and boxes are reported, not required to be identical.
+
+``python -m hagrid_edge.deploy.rpi.compare X86_EVAL.json ARM_EVAL.json X86_EVENTS.jsonl ARM_EVENTS.jsonl``
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hagrid_edge.errors import HagridEdgeError
+
+MAP_TOLERANCE = 0.3  # points of COCO mAP (percent)
+METRICS = ("mAP50_95", "mAP50")
+EVENT_KEYS = ("event", "gesture", "track", "frame")
+
+
+def load_eval(path: Path) -> dict[str, Any]:
+    """``hagrid-edge eval --json`` output: the last line of the file that is a JSON object with mAP."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise HagridEdgeError(f"{path}: cannot read eval output ({e.strerror})") from None
+    for line in reversed(lines):
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(data, dict) and all(m in data for m in METRICS):
+            return data
+    raise HagridEdgeError(f"{path}: no eval --json result (an object with {', '.join(METRICS)})")
+
+
+def load_events(path: Path) -> list[dict[str, Any]]:
+    events = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise HagridEdgeError(f"{path}: cannot read events ({e.strerror})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            raise HagridEdgeError(f"{path}:{number}: not a JSON event line") from None
+        if not isinstance(event, dict) or any(k not in event for k in EVENT_KEYS):
+            raise HagridEdgeError(f"{path}:{number}: an event needs {', '.join(EVENT_KEYS)}")
+        events.append(event)
+    return events
+
+
+def compare_eval(x86: dict[str, Any], arm: dict[str, Any], tolerance: float = MAP_TOLERANCE) -> list[str]:
+    """Failures (empty when every metric agrees within ``tolerance`` points, on the same images)."""
+    failures = []
+    if x86.get("images") != arm.get("images"):
+        failures.append(f"scored {arm.get('images')} images on Arm, {x86.get('images')} on x86")
+    for m in METRICS:
+        delta = float(arm[m]) - float(x86[m])
+        if abs(delta) > tolerance:
+            failures.append(f"{m}: Arm {arm[m]:.2f} vs x86 {x86[m]:.2f} ({delta:+.2f}, limit +-{tolerance})")
+    return failures
+
+
+def _at(keys: list[tuple], index: int) -> Any:
+    return keys[index] if index < len(keys) else "(none)"
+
+
+def compare_events(x86: list[dict[str, Any]], arm: list[dict[str, Any]]) -> tuple[list[str], dict[str, float]]:
+    """(failures, largest score and box differences) of two event streams that must be the same events."""
+    failures = []
+    keys_x86 = [tuple(e[k] for k in EVENT_KEYS) for e in x86]
+    keys_arm = [tuple(e[k] for k in EVENT_KEYS) for e in arm]
+    if keys_x86 != keys_arm:
+        first = next((i for i, (a, b) in enumerate(zip(keys_x86, keys_arm)) if a != b),  # noqa: B905
+                     min(len(keys_x86), len(keys_arm)))
+        failures.append(f"events differ: {len(keys_arm)} on Arm, {len(keys_x86)} on x86; first difference at "
+                        f"event {first}: Arm {_at(keys_arm, first)} vs x86 {_at(keys_x86, first)}")
+    diffs = {"score": 0.0, "box_px": 0.0}
+    for a, b in zip(x86, arm):  # noqa: B905
+        if "score" in a and "score" in b:
+            diffs["score"] = max(diffs["score"], abs(float(a["score"]) - float(b["score"])))
+        if a.get("box") and b.get("box"):
+            diffs["box_px"] = max(diffs["box_px"], *(abs(float(p) - float(q)) for p, q in zip(a["box"], b["box"])))  # noqa: B905
+    return failures, {k: round(v, 4) for k, v in diffs.items()}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 4:
+        print("usage: python -m hagrid_edge.deploy.rpi.compare X86_EVAL ARM_EVAL X86_EVENTS ARM_EVENTS", file=sys.stderr)
+        return 2
+    try:
+        x86_eval, arm_eval = load_eval(Path(argv[0])), load_eval(Path(argv[1]))
+        x86_events, arm_events = load_events(Path(argv[2])), load_events(Path(argv[3]))
+    except HagridEdgeError as e:
+        print(f"pi lane: {e}", file=sys.stderr)
+        return 1
+    failures = compare_eval(x86_eval, arm_eval)
+    event_failures, diffs = compare_events(x86_events, arm_events)
+    failures += event_failures
+    print(f"pi lane: {arm_eval.get('images')} images: mAP50-95 Arm {arm_eval['mAP50_95']:.2f} / x86 "
+          f"{x86_eval['mAP50_95']:.2f}, mAP50 Arm {arm_eval['mAP50']:.2f} / x86 {x86_eval['mAP50']:.2f}; "
+          f"{len(arm_events)} events on Arm, {len(x86_events)} on x86 (largest score difference "
+          f"{diffs['score']}, box {diffs['box_px']} px)")
+    for f in failures:
+        print(f"pi lane: FAIL {f}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
