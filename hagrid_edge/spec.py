@@ -9,6 +9,7 @@ allows (ONNX ``metadata_props``) and always written as a ``<artifact>.json`` sid
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
@@ -246,37 +247,65 @@ def embed_in_onnx(model: Any, spec: ModelSpec) -> None:
     entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(spec.to_dict(), sort_keys=True)
 
 
-def _onnx_metadata_class() -> Any:
-    """A protobuf message with only ONNX ``ModelProto.metadata_props`` (field 14): the runtime reads the
-    spec with protobuf (a dependency of ONNX Runtime) and needs no onnx; every other field is skipped."""
+@functools.lru_cache(maxsize=1)
+def _onnx_outline_class() -> Any:
+    """A protobuf message with the few ONNX ``ModelProto`` fields the runtime reads (metadata_props, node
+    op types, initializer data types; onnx.proto's field numbers): parsed with protobuf, a dependency of
+    ONNX Runtime, so a board needs no onnx. Every other field is skipped."""
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
     f = descriptor_pb2.FieldDescriptorProto
-    proto = descriptor_pb2.FileDescriptorProto(name="hagrid_edge_onnx_metadata.proto", package="hagrid_edge_onnx",
+    proto = descriptor_pb2.FileDescriptorProto(name="hagrid_edge_onnx_outline.proto", package="hagrid_edge_onnx",
                                                syntax="proto2")
-    entry = proto.message_type.add(name="StringStringEntryProto")
-    entry.field.add(name="key", number=1, type=f.TYPE_STRING, label=f.LABEL_OPTIONAL)
-    entry.field.add(name="value", number=2, type=f.TYPE_STRING, label=f.LABEL_OPTIONAL)
-    model = proto.message_type.add(name="ModelProto")
-    model.field.add(name="metadata_props", number=14, type=f.TYPE_MESSAGE, label=f.LABEL_REPEATED,
-                    type_name=".hagrid_edge_onnx.StringStringEntryProto")
+    one, many = f.LABEL_OPTIONAL, f.LABEL_REPEATED
+    # message -> fields (name, number, label, scalar type or message name)
+    schema = {
+        "StringStringEntryProto": [("key", 1, one, f.TYPE_STRING), ("value", 2, one, f.TYPE_STRING)],
+        "NodeProto": [("op_type", 4, one, f.TYPE_STRING)],
+        "TensorProto": [("data_type", 2, one, f.TYPE_INT32)],
+        "GraphProto": [("node", 1, many, "NodeProto"), ("initializer", 5, many, "TensorProto")],
+        "ModelProto": [("graph", 7, one, "GraphProto"), ("metadata_props", 14, many, "StringStringEntryProto")],
+    }
+    for name, fields_ in schema.items():
+        message = proto.message_type.add(name=name)
+        for field_name, number, label, kind in fields_:
+            if isinstance(kind, str):
+                message.field.add(name=field_name, number=number, label=label, type=f.TYPE_MESSAGE,
+                                  type_name=f".hagrid_edge_onnx.{kind}")
+            else:
+                message.field.add(name=field_name, number=number, label=label, type=kind)
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("hagrid_edge_onnx.ModelProto"))
 
 
-def _read_onnx_embedded(path: Path) -> ModelSpec | None:
+@dataclass(frozen=True)
+class OnnxOutline:
+    """What the runtime reads from an ONNX file without the onnx package."""
+
+    metadata: dict[str, str]
+    op_types: frozenset[str]
+    initializer_types: dict[int, int]  # ONNX TensorProto data type (1 float, 10 float16, ...) -> count
+
+
+def read_onnx_outline(path: str | Path) -> OnnxOutline:
     from google.protobuf.message import DecodeError
 
-    model = _onnx_metadata_class()()
+    model = _onnx_outline_class()()
     try:
-        model.ParseFromString(path.read_bytes())
-    except (DecodeError, RuntimeError) as e:  # not a protobuf, or a truncated one
+        model.ParseFromString(Path(path).read_bytes())
+    except DecodeError as e:  # not a protobuf, or a truncated one
         raise SpecError(f"{path}: not a readable ONNX model ({type(e).__name__})") from None
-    for prop in model.metadata_props:
-        if prop.key == ONNX_METADATA_KEY:
-            return ModelSpec.from_json(prop.value, f"{path} (metadata_props)")
-    return None
+    types: dict[int, int] = {}
+    for t in model.graph.initializer:
+        types[t.data_type] = types.get(t.data_type, 0) + 1
+    return OnnxOutline({p.key: p.value for p in model.metadata_props},
+                       frozenset(n.op_type for n in model.graph.node), types)
+
+
+def _read_onnx_embedded(path: Path) -> ModelSpec | None:
+    text = read_onnx_outline(path).metadata.get(ONNX_METADATA_KEY)
+    return None if text is None else ModelSpec.from_json(text, f"{path} (metadata_props)")
 
 
 def _read_tflite_embedded(path: Path) -> ModelSpec | None:

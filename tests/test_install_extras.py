@@ -138,3 +138,19 @@ def test_cli_extras_exist_and_hold_their_packages() -> None:
     for package, extra in PACKAGE_EXTRA.items():
         dists = {d.lower() for d in installed.get(package, [])}
         assert dists and dists & {_name(r) for r in extras[extra]}, (package, extra, dists)
+
+
+def test_onnx_outline_without_onnx_matches_onnx(crop_classifier: Path) -> None:
+    """The spec, node types and weight types the runtime reads with protobuf alone are onnx's own reading."""
+    from collections import Counter
+
+    import onnx
+
+    from hagrid_edge.spec import ONNX_METADATA_KEY, read_onnx_outline
+
+    for path in (DEFAULT_MODELS / "ssdlite_small_gestures.onnx", DEFAULT_MODELS / "hand_detector.onnx", crop_classifier):
+        model, outline = onnx.load(str(path)), read_onnx_outline(path)
+        assert outline.metadata == {p.key: p.value for p in model.metadata_props}
+        assert outline.op_types == {n.op_type for n in model.graph.node}
+        assert outline.initializer_types == dict(Counter(t.data_type for t in model.graph.initializer))
+    assert ONNX_METADATA_KEY in read_onnx_outline(DEFAULT_MODELS / "ssdlite_small_gestures.onnx").metadata
