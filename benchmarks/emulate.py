@@ -37,12 +37,10 @@ PROXY_NOTE = ("Guest instructions executed under qemu-aarch64 with the Pi's CPU 
 
 def read_marks(path: Path) -> list[tuple[int, int]]:
     """The plugin's lines ``<tag> <count>`` (its closing ``end <count>`` line is skipped)."""
+    from hagrid_edge.deploy.rpi.emulate import read_lines
+
     marks = []
-    try:
-        lines = path.read_text(encoding="ascii").splitlines()
-    except OSError as e:
-        raise HagridEdgeError(f"{path}: no instruction counts from the emulator ({e.strerror})") from None
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(read_lines(path, "the emulator's instruction counts"), 1):
         fields = line.split()
         if len(fields) != 2 or not fields[1].isdigit() or not (fields[0].isdigit() or fields[0] == "end"):
             raise HagridEdgeError(f"{path}:{number}: not a marker line: {line!r}")

@@ -7,15 +7,19 @@ policies (letterbox and stretch), so the same object serves inference and datase
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
-from hagrid_edge.spec import ModelSpec
+from hagrid_edge.spec import ModelSpec, Quant
 
 # torchvision's SSD keeps this many candidates per class before NMS.
 PRE_NMS_TOPK = 400
+# Slack (in logits) of the bound that picks the anchors worth scoring: far above float32 rounding.
+SCORE_BOUND_MARGIN = 1e-3
 
 
 @dataclass(frozen=True)
@@ -79,19 +83,41 @@ def resize_frame(frame: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, Geomet
     return _scaled(frame, geo, cv2.INTER_LINEAR), geo
 
 
+def _normalisation_table(spec: ModelSpec) -> np.ndarray:
+    """The input tensor's value for every uint8 pixel value, per channel: shape (256, 1, 3).
+
+    Normalisation and input quantization are per-pixel functions of a uint8 value, so the whole
+    chain ``quantize((x - mean) / std)`` is computed once for the 256 values (with the same float32
+    operations, so the results are identical) and applied as one table lookup per pixel.
+    """
+    key = (tuple(spec.mean), tuple(spec.std), spec.color, spec.input_dtype,
+           None if spec.input_quant is None else (spec.input_quant.scale, spec.input_quant.zero_point))
+    return _table(key)
+
+
+@functools.lru_cache(maxsize=32)
+def _table(key: tuple) -> np.ndarray:
+    mean, std, color, dtype, quant = key
+    order = slice(None) if color == "RGB" else slice(None, None, -1)  # stats are given in RGB order
+    values = np.arange(256, dtype=np.float32)[:, None]
+    table = (values - np.asarray(mean, np.float32)[order]) / np.asarray(std, np.float32)[order]
+    if dtype in ("int8", "uint8"):
+        table = Quant(quant[0], quant[1], dtype).quantize(table)
+    table = np.ascontiguousarray(table.reshape(256, 1, 3))
+    table.setflags(write=False)
+    return table
+
+
 def to_tensor(images: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """Normalise a batch of resized RGB uint8 images (N, H, W, 3) into the model's input tensor."""
+    n, h, w = images.shape[:3]
     x = images[..., ::-1] if spec.color == "BGR" else images
-    mean = np.asarray(spec.mean if spec.color == "RGB" else spec.mean[::-1], dtype=np.float32)
-    std = np.asarray(spec.std if spec.color == "RGB" else spec.std[::-1], dtype=np.float32)
-    x = (x.astype(np.float32) - mean) / std
+    table = _normalisation_table(spec)  # int8, uint8 or float32: OpenCV's LUT gives the table's type
+    flat = np.ascontiguousarray(x).reshape(n * h, w, 3)
+    x = cv2.LUT(flat, table).reshape(n, h, w, 3) if flat.size else np.zeros(x.shape, table.dtype)
     if spec.layout == "NCHW":
         x = x.transpose(0, 3, 1, 2)
-    x = np.ascontiguousarray(x)
-    if spec.input_dtype in ("int8", "uint8"):
-        assert spec.input_quant is not None  # validated by the spec
-        return spec.input_quant.quantize(x)
-    return x.astype(spec.input_dtype, copy=False)
+    return np.ascontiguousarray(x).astype(spec.input_dtype, copy=False)
 
 
 def preprocess(frame: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, Geometry]:
@@ -138,6 +164,28 @@ def activate(logits: np.ndarray, activation: str) -> np.ndarray:
     if activation == "sigmoid":
         return sigmoid(logits)
     return logits
+
+
+def candidate_rows(logits: np.ndarray, activation: str, first_class: int, threshold: float) -> np.ndarray:
+    """Indices of the rows of ``logits`` (anchors) where a class from ``first_class`` on can score above ``threshold``.
+
+    A bound that needs no exponential over all anchors: a softmax probability is at most
+    exp(logit - the row's largest logit), a sigmoid passes exactly when its logit passes the
+    threshold's logit. The bound is loosened by ``SCORE_BOUND_MARGIN`` so float rounding never
+    drops an anchor; the exact scores of the survivors are then thresholded as before.
+    """
+    classes = logits[:, first_class:]
+    if threshold <= 0:
+        return np.arange(len(logits))
+    if activation == "softmax":
+        passing = classes > logits.max(axis=1, keepdims=True) + np.float32(math.log(threshold) - SCORE_BOUND_MARGIN)
+    elif activation == "sigmoid":
+        if threshold >= 1:
+            return np.zeros(0, np.int64)
+        passing = classes > np.float32(math.log(threshold / (1 - threshold)) - SCORE_BOUND_MARGIN)
+    else:
+        passing = classes > threshold
+    return np.flatnonzero(passing.any(axis=1))
 
 
 def decode_ssd(regression: np.ndarray, priors: np.ndarray, weights: tuple[float, ...]) -> np.ndarray:
@@ -208,10 +256,13 @@ def postprocess_detector(outputs: dict[str, np.ndarray], spec: ModelSpec, geo: G
     else:
         assert spec.priors is not None  # validated by the spec
         reg = output(outputs, spec, "bbox_regression").reshape(-1, 4)
-        probs = activate(output(outputs, spec, "cls_logits").reshape(len(reg), -1), spec.score_activation)
+        logits = output(outputs, spec, "cls_logits").reshape(len(reg), -1)
+        # Scores and boxes only for the anchors that can pass the threshold (rows stay in anchor order).
+        rows = candidate_rows(logits, spec.score_activation, 1 if spec.background_class else 0, thr)
+        probs = activate(logits[rows], spec.score_activation)
         if spec.background_class:
             probs = probs[:, 1:]
-        boxes_all = decode_ssd(reg, spec.priors, spec.box_coder_weights)
+        boxes_all = decode_ssd(reg[rows], spec.priors[rows], spec.box_coder_weights)
         if spec.box_units == "normalized":
             boxes_all = boxes_all * np.array([geo.input_w, geo.input_h] * 2, dtype=np.float32)
         cand_box, cand_score, cand_cls = [], [], []

@@ -175,7 +175,7 @@ def test_bad_marker_lines(tmp_path: Path) -> None:
     f.write_text("12 34\nhello\n", encoding="ascii")
     with pytest.raises(HagridEdgeError, match=r"m.txt:2: not a marker line"):
         counts.read_marks(f)
-    with pytest.raises(HagridEdgeError, match="no instruction counts"):
+    with pytest.raises(HagridEdgeError, match="cannot read the emulator's instruction counts"):
         counts.read_marks(tmp_path / "none.txt")
     with pytest.raises(HagridEdgeError, match="out of order"):
         counts.frame_stages([(tag(0, 2, INFER_START), 5)], 0)

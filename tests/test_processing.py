@@ -12,7 +12,9 @@ from hagrid_edge.data.annotations import load_split
 from hagrid_edge.images import read_rgb
 from hagrid_edge.processing import (
     Geometry,
+    activate,
     batched_nms,
+    candidate_rows,
     crop_inputs,
     decode_ssd,
     fit,
@@ -113,3 +115,53 @@ def test_square_crops_follow_the_authors_recipe(val_samples, crop_classifier) ->
     x = crop_inputs(frame, np.stack([box, box]), resolve_spec(crop_classifier))
     assert x.shape == (2, 3, 128, 128)
     assert crop_inputs(frame, np.zeros((0, 4)), resolve_spec(crop_classifier)).shape == (0, 3, 128, 128)
+
+
+@pytest.mark.parametrize("color", ["RGB", "BGR"])
+@pytest.mark.parametrize(("layout", "dtype", "quant"), [("NCHW", "float32", None), ("NHWC", "float16", None),
+                                                        ("NHWC", "int8", Quant(0.0186, -14, "int8")),
+                                                        ("NCHW", "uint8", Quant(1 / 64, 128, "uint8"))])
+def test_lookup_table_is_normalise_then_quantize(val_samples, color, layout, dtype, quant) -> None:
+    """One table lookup per pixel gives exactly what the float chain gives (per-channel stats, any colour order)."""
+    frames = [read_rgb(s.image_path) for s in val_samples[:2]]
+    spec = _letterbox_spec(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), color=color, layout=layout,
+                           input_dtype=dtype, input_quant=quant)
+    images = np.stack([resize_frame(f, spec)[0] for f in frames])
+    x = images[..., ::-1] if color == "BGR" else images
+    order = slice(None) if color == "RGB" else slice(None, None, -1)
+    ref = (x.astype(np.float32) - np.float32(spec.mean)[order]) / np.float32(spec.std)[order]
+    ref = quant.quantize(ref) if quant else ref.astype(dtype)
+    if layout == "NCHW":
+        ref = ref.transpose(0, 3, 1, 2)
+    out = to_tensor(images, spec)
+    assert out.dtype == np.dtype(dtype) and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, ref)
+    assert to_tensor(images[:0], spec).shape == (0, *ref.shape[1:])
+
+
+@pytest.fixture(scope="module")
+def int8_detector_logits(val_samples):
+    """Real class logits of the shipped INT8 TFLite hand detector (anchors x [background, hand]) on val photos."""
+    pytest.importorskip("ai_edge_litert")
+    from hagrid_edge.deploy.common.backend import open_backend
+    from hagrid_edge.paths import DEFAULT_MODELS
+    from hagrid_edge.processing import output
+
+    backend = open_backend(DEFAULT_MODELS / "hand_detector_int8.tflite", threads=1)
+    return [output(backend.infer(preprocess(read_rgb(s.image_path), backend.spec)[0]), backend.spec, "cls_logits")[0]
+            for s in val_samples[:12]]
+
+
+@pytest.mark.parametrize("activation", ["softmax", "sigmoid", "none"])
+def test_candidate_rows_keep_every_anchor_that_can_pass(int8_detector_logits, activation) -> None:
+    selective = []
+    for logits in int8_detector_logits:
+        for thr in (0.01, 0.3, 0.7, 0.95):
+            scores = activate(logits, activation)[:, 1:]
+            passing = np.flatnonzero((scores > thr).any(axis=1))
+            rows = candidate_rows(logits, activation, 1, thr)
+            assert np.all(np.diff(rows) > 0) and set(passing) <= set(rows)  # anchor order, nothing lost
+            if thr == 0.7 and activation == "softmax":
+                selective.append(len(rows) / len(logits))
+    assert max(selective or [0]) < 0.05  # at the shipped threshold only a few anchors are scored
+    assert len(candidate_rows(int8_detector_logits[0], activation, 1, 0.0)) == len(int8_detector_logits[0])

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hagrid_edge.deploy.rpi.emulate import read_lines
 from hagrid_edge.errors import HagridEdgeError
 
 MAP_TOLERANCE = 0.3  # points of COCO mAP (percent)
@@ -24,11 +25,7 @@ EVENT_KEYS = ("event", "gesture", "track", "frame")
 
 def load_eval(path: Path) -> dict[str, Any]:
     """``hagrid-edge eval --json`` output: the last line of the file that is a JSON object with mAP."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise HagridEdgeError(f"{path}: cannot read eval output ({e.strerror})") from None
-    for line in reversed(lines):
+    for line in reversed(read_lines(path, "eval output")):
         try:
             data = json.loads(line)
         except ValueError:
@@ -40,11 +37,7 @@ def load_eval(path: Path) -> dict[str, Any]:
 
 def load_events(path: Path) -> list[dict[str, Any]]:
     events = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise HagridEdgeError(f"{path}: cannot read events ({e.strerror})") from None
-    for number, line in enumerate(lines, 1):
+    for number, line in enumerate(read_lines(path, "events"), 1):
         if not line.strip():
             continue
         try:

@@ -127,6 +127,14 @@ def read_requirements(path: Path = REQUIREMENTS) -> list[str]:
     return reqs
 
 
+def read_lines(path: Path, what: str) -> list[str]:
+    """The lines of a text file the emulator or a lane produced; unreadable is an error naming it."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise HagridEdgeError(f"{path}: cannot read {what} ({getattr(e, 'strerror', None) or e})") from None
+
+
 def _digest(*parts: str) -> str:
     h = hashlib.sha256()
     for part in parts:
