@@ -1,7 +1,7 @@
 """``bench --emulate pi4,pi5``: guest instructions per frame, per stage, on emulated Raspberry Pi CPUs.
 
 Each emulated CPU becomes a machine of its own in the report (``pi5-emulated``), with one row per
-benchmarked artifact giving the instructions executed for pre-processing, inference and
+benchmarked TFLite artifact (the Pi's runtime) giving the instructions executed for pre-processing, inference and
 post-processing (median over real frames, after warm-up frames). Counting happens in
 ``emulate_counts`` inside the emulated userland; this side turns the plugin's marker lines into
 figures. An instruction count is a proxy for the Pi's work, not a latency: it ignores caches,
@@ -30,6 +30,7 @@ from hagrid_edge.benchmarks.emulate_counts import (
 from hagrid_edge.errors import HagridEdgeError
 
 STAGES = ("pre", "infer", "post")
+PI_SUFFIXES = (".tflite",)  # what the Pi userland runs (LiteRT); ONNX Runtime and TensorRT are not installed there
 PROXY_NOTE = ("Guest instructions executed under qemu-aarch64 with the Pi's CPU pinned: a hardware-independent "
               "proxy for the work per frame, not a latency (caches, memory bandwidth, clock and instructions "
               "per cycle are not modelled).")
@@ -107,7 +108,10 @@ def count_on(cpu: Any, targets: list[Any], config: Any, frames: int, warmup: int
     from hagrid_edge.deploy.rpi import emulate as pi
 
     label = f"{cpu.name}-emulated"
-    counted = [t for t in targets if not t.latency_only]
+    counted = [t for t in targets if not t.latency_only and all(p.endswith(PI_SUFFIXES) for p in t.paths)]
+    if not counted:
+        raise HagridEdgeError(f"--emulate counts the Pi's runtime (LiteRT): give at least one "
+                              f"{'/'.join(PI_SUFFIXES)} artifact")
     with tempfile.TemporaryDirectory(prefix="hagrid-edge-emulate.") as tmp:
         request, result, marks_file = Path(tmp, "request.json"), Path(tmp, "result.json"), Path(tmp, "marks.txt")
         request.write_text(json.dumps(_request(counted, config, frames, warmup, label)), encoding="utf-8")

@@ -44,7 +44,7 @@ def test_cpuinfo_matches_the_pinned_cpu() -> None:
 
 def test_parse_cpus_keeps_order_and_names_bad_entries() -> None:
     assert [p.name for p in pi.parse_cpus("pi4, pi5,pi4")] == ["pi4", "pi5"]
-    with pytest.raises(HagridEdgeError, match="'pi3': unknown Pi CPU"):
+    with pytest.raises(HagridEdgeError, match="--emulate 'pi3': unknown Pi CPU"):
         pi.parse_cpus("pi5,pi3")
     with pytest.raises(HagridEdgeError, match="at least one"):
         pi.parse_cpus(" , ")
@@ -222,3 +222,38 @@ def test_marker_counts_on_the_emulated_pi(tmp_path: Path) -> None:
     assert [untag(t)[2] for t, _ in marks] == [1, 1, 5]
     empty, loop = marks[1][1] - marks[0][1], marks[2][1] - marks[1][1]
     assert 0 < empty < 50_000 and loop > 20 * empty  # 20000 additions cost far more than one marker
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--emulate", "pi5,pi3"], "--emulate 'pi3': unknown Pi CPU"),
+    (["--emulate", "pi5", "--gate"], "--emulate adds emulated devices"),
+    (["--emulate", "pi5", "--emulate-frames", "0"], "--emulate-frames: must be at least 1"),
+])
+def test_bench_emulate_bad_input_is_one_line(capsys, tmp_path, mini_root, extra, message) -> None:
+    from hagrid_edge.cli import main
+
+    code = main(["bench", "--model", str(REPO_ROOT / "assets/models/hand_detector_int8.tflite"), "--data",
+                 str(mini_root), "--report", str(tmp_path / "r"), *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1 and message in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "r").exists()  # refused before anything was measured
+
+
+def test_emulated_rows_merge_and_render() -> None:
+    from hagrid_edge.benchmarks import report
+
+    host = report.build_report([{"id": "det_int8.tflite", "kind": "detector", "error": None, "precision": "INT8",
+                                 "accuracy": {}, "latency": {}}], {"label": "ci", "cpu": "x86"}, {"images": 1})
+    ins = {"pre": 2_790_000, "infer": 23_320_000, "post": 1_870_000, "total": 27_980_000, "pre_post_share": 0.167,
+           "frames": 8}
+    row = {"id": "det_int8.tflite", "kind": "detector", "error": None, "precision": "INT8", "accuracy": {},
+           "latency": {}, "instructions": ins, "instructions_ratio": {"infer": 0.5, "total": 0.55}, "reference": "fp"}
+    report.add_machine(host, {"label": "pi5-emulated", "emulated": "cortex-a76", "cpu": "cortex-a76 (emulated)"},
+                       {"instructions": {"frames": 8, "warmup": 1, "threads": 1}}, [row])
+    with pytest.raises(HagridEdgeError, match="already in the report"):
+        report.add_machine(host, {"label": "ci"}, {}, [])
+    md = report.render_markdown(host)
+    main_table, instructions = md.split("## Instructions per frame")
+    assert "pi5-emulated" not in main_table.split("\n\n")[2]  # the latency/accuracy table holds the host only
+    assert "| pi5-emulated | det_int8.tflite | INT8 | 2.79 | 23.32 | 1.87 | 27.98 | 17% | 0.50 | 0.55 |" in instructions
+    assert "not a latency" in instructions

@@ -85,11 +85,11 @@ CPUS: dict[str, CpuProfile] = {
 }
 
 
-def cpu_profile(name: str) -> CpuProfile:
+def cpu_profile(name: str, option: str = "--cpu") -> CpuProfile:
     try:
         return CPUS[name]
     except KeyError:
-        raise HagridEdgeError(f"--cpu {name!r}: unknown Pi CPU (known: {', '.join(CPUS)})") from None
+        raise HagridEdgeError(f"{option} {name!r}: unknown Pi CPU (known: {', '.join(CPUS)})") from None
 
 
 def parse_cpus(text: str) -> list[CpuProfile]:
@@ -97,7 +97,7 @@ def parse_cpus(text: str) -> list[CpuProfile]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise HagridEdgeError(f"--emulate {text!r}: name at least one Pi CPU ({', '.join(CPUS)})")
-    return [cpu_profile(n) for n in dict.fromkeys(names)]
+    return [cpu_profile(n, "--emulate") for n in dict.fromkeys(names)]
 
 
 def cache_root() -> Path:
