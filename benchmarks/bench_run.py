@@ -10,8 +10,11 @@ On a 640x480 video made from real HaGRID photos (the shipped sample, each held f
 - pre + post milliseconds per 640x480 frame (the shared processing code, per stage).
 
 Targets from the deploy issue: end-to-end >= 0.9x inference-only, pre + post < 1.5 ms per frame.
+With ``--landmarks [FILE]`` every run-loop pass also runs the hand landmark stage on each hand; its
+time is the ``landmarks`` row of the per-stage tables.
 
-    python benchmarks/bench_run.py [--engine FILE --classifier FILE] [--hold 8] [--threads 2] [--rounds 3] [--json OUT]
+    python benchmarks/bench_run.py [--engine FILE --classifier FILE] [--landmarks [FILE]] [--hold 8] [--threads 2]
+        [--rounds 3] [--json OUT]
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import numpy as np
 from hagrid_edge.deploy.common.runner import RunOptions, Summary, run_loop
 from hagrid_edge.deploy.common.sources import open_source
 from hagrid_edge.images import read_rgb
+from hagrid_edge.landmarks import DEFAULT_LANDMARKS, Landmarker, open_landmarker
 from hagrid_edge.paths import DEFAULT_DATA, DEFAULT_MODELS
 from hagrid_edge.pipeline import load_pipeline
 from hagrid_edge.processing import letterbox
@@ -59,8 +63,8 @@ def in_memory(pipeline, frames: list[np.ndarray]) -> dict[str, list[float]]:
     return times
 
 
-def end_to_end(pipeline, video: Path, opts: RunOptions) -> Summary:
-    return run_loop(pipeline, open_source(str(video)), opts, threading.Event())
+def end_to_end(pipeline, video: Path, opts: RunOptions, landmarker: Landmarker | None) -> Summary:
+    return run_loop(pipeline, open_source(str(video)), opts, threading.Event(), landmarker=landmarker)
 
 
 def ms(values: list[float]) -> str:
@@ -74,6 +78,8 @@ def main() -> None:
     p.add_argument("--classifier", default=str(DEFAULT_MODELS / "crops_classifier.onnx"),
                    help="crop classifier ('' for the detector alone)")
     p.add_argument("--images", default=str(DEFAULT_DATA / "hagrid_dataset_512"), help="folder of photos")
+    p.add_argument("--landmarks", nargs="?", const=str(DEFAULT_LANDMARKS), metavar="FILE",
+                   help=f"add the hand landmark stage (default model: {DEFAULT_LANDMARKS.name})")
     p.add_argument("--hold", type=int, default=8, help="frames each photo is shown")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="alternating inference-only / end-to-end rounds")
@@ -85,6 +91,7 @@ def main() -> None:
         raise SystemExit(f"--images {args.images}: no .jpg photos")
     pipeline = load_pipeline(args.engine, args.classifier or None, threads=args.threads)
     detector = load_pipeline(args.engine, threads=args.threads)
+    landmarker = open_landmarker(args.landmarks, threads=args.threads) if args.landmarks else None
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "bench.mp4"
         frames = make_video(images, args.hold, video)
@@ -95,23 +102,23 @@ def main() -> None:
         mem, runs = [], []
         for _ in range(args.rounds):
             mem.append(in_memory(pipeline, frames))
-            runs.append(end_to_end(pipeline, video, RunOptions()))
+            runs.append(end_to_end(pipeline, video, RunOptions(), landmarker))
         full = end_to_end(pipeline, video, RunOptions(output=str(Path(tmp) / "out.mp4"),
-                                                      events=str(Path(tmp) / "ev.jsonl")))
+                                                      events=str(Path(tmp) / "ev.jsonl")), landmarker)
         det_only = in_memory(detector, frames)
 
     infer_runs = [len(frames) / sum(m["infer"]) for m in mem]
     e2e_runs = [r.fps for r in runs]
     infer_fps, e2e_fps = float(np.median(infer_runs)), float(np.median(e2e_runs))
     headless = runs[int(np.argsort(e2e_runs)[len(runs) // 2])]
-    pre_post = [a + b for m in mem for a, b in zip(m["pre"], m["post"], strict=True)]
-    det_pre_post = [a + b for a, b in zip(det_only["pre"], det_only["post"], strict=True)]
+    pre_post = np.concatenate([np.add(m["pre"], m["post"]) for m in mem])
+    det_pre_post = np.add(det_only["pre"], det_only["post"])
     ratio = e2e_fps / infer_fps
     print(f"\ninference-only           {infer_fps:7.1f} FPS  (rounds: {', '.join(f'{v:.1f}' for v in infer_runs)})")
     print(f"end-to-end, headless     {e2e_fps:7.1f} FPS  (rounds: {', '.join(f'{v:.1f}' for v in e2e_runs)})"
           f"  = {ratio:.2f}x inference-only (target >= 0.9)")
     print(f"end-to-end, +video+events{full.fps:7.1f} FPS  = {full.fps / infer_fps:.2f}x  "
-          f"({full.video_frames} video frames, {len(full.events)} events)")
+          f"({full.video_frames} video frames, {full.events} events)")
     print(f"pre+post per frame, pipeline:       {ms(pre_post)}")
     print(f"pre+post per frame, detector alone: {ms(det_pre_post)}  (target < 1.5 ms)")
     for name, s in (("headless, median round", headless), ("with video + events", full)):
@@ -119,7 +126,8 @@ def main() -> None:
         print(s.format().split("\n", 3)[3])
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "frames": len(frames), "engine": args.engine, "classifier": args.classifier, "threads": args.threads,
+            "frames": len(frames), "engine": args.engine, "classifier": args.classifier,
+            "landmarks": args.landmarks, "threads": args.threads,
             "inference_only_fps": infer_fps, "end_to_end_fps": e2e_fps, "ratio": ratio,
             "inference_only_rounds": infer_runs, "end_to_end_rounds": e2e_runs,
             "end_to_end_with_outputs_fps": full.fps,

@@ -35,9 +35,9 @@ def coco_ground_truth(samples: Sequence[Sample], sizes: Sequence[tuple[int, int]
     classes = task_classes(task)
     cat_id = {c: i + 1 for i, c in enumerate(classes)}
     images, anns = [], []
-    for img_id, (s, (w, h)) in enumerate(zip(samples, sizes, strict=True), start=1):
+    for img_id, (s, (w, h)) in enumerate(zip(samples, sizes), start=1):  # noqa: B905 (Python 3.8)
         images.append({"id": img_id, "width": w, "height": h, "file_name": f"{s.gesture}/{s.image_path.name}"})
-        for box, label in zip(s.boxes_xyxy(w, h), s.labels, strict=True):
+        for box, label in zip(s.boxes_xyxy(w, h), s.labels):  # noqa: B905 (Python 3.8)
             name = HAND if task == "hands" else label
             if name not in cat_id:
                 continue
@@ -52,7 +52,7 @@ def coco_detections(all_dets: Sequence[Detections], task: str) -> list[dict]:
     cat_id = {c: i + 1 for i, c in enumerate(task_classes(task))}
     out = []
     for img_id, dets in enumerate(all_dets, start=1):
-        for box, score, label in zip(dets.boxes, dets.scores, dets.labels, strict=True):
+        for box, score, label in zip(dets.boxes, dets.scores, dets.labels):  # noqa: B905 (Python 3.8)
             name = HAND if task == "hands" else label
             if name not in cat_id:
                 continue
@@ -110,11 +110,11 @@ def f1_scores(targets: Iterable[str], predictions: Iterable[str]) -> dict:
     t, p = list(targets), list(predictions)
     per_class = {}
     for c in sorted(set(t)):
-        tp = sum(1 for a, b in zip(t, p, strict=True) if a == c and b == c)
-        fp = sum(1 for a, b in zip(t, p, strict=True) if a != c and b == c)
-        fn = sum(1 for a, b in zip(t, p, strict=True) if a == c and b != c)
+        tp = sum(1 for a, b in zip(t, p) if a == c and b == c)  # noqa: B905 (Python 3.8)
+        fp = sum(1 for a, b in zip(t, p) if a != c and b == c)  # noqa: B905 (Python 3.8)
+        fn = sum(1 for a, b in zip(t, p) if a == c and b != c)  # noqa: B905 (Python 3.8)
         per_class[c] = 200.0 * tp / max(2 * tp + fp + fn, 1)
-    acc = 100.0 * sum(1 for a, b in zip(t, p, strict=True) if a == b) / max(len(t), 1)
+    acc = 100.0 * sum(1 for a, b in zip(t, p) if a == b) / max(len(t), 1)  # noqa: B905 (Python 3.8)
     return {"f1": round(float(np.mean(list(per_class.values()))) if per_class else 0.0, 2),
             "accuracy": round(acc, 2), "per_class": {c: round(v, 2) for c, v in per_class.items()}}
 
@@ -137,4 +137,45 @@ def evaluate_classifier(classifier, samples: Sequence[Sample], progress: bool = 
             targets.append(s.gesture)
             preds.append(spec.label(idx))
     return {"task": "classify", "images": len(samples), "samples": len(targets), **f1_scores(targets, preds),
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _mean(values: list[float], digits: int = 2) -> float | None:
+    return round(float(np.mean(values)), digits) if values else None
+
+
+def evaluate_landmarks(landmarker, samples: Sequence[Sample], reference=None, progress: bool = True) -> dict:
+    """A hand landmark model on every annotated hand box of ``samples``.
+
+    ``mean_point_error_px``: mean distance to the annotation's 21 points, over the hands whose
+    annotation has landmarks (HaGRID v1 and v2; None when none has). ``agreement_px``: mean
+    distance to the points of ``reference`` (another landmark model) on the same crops, needing no
+    labels. Both also as a percentage of the hand box's long side, so hand sizes weigh alike.
+    """
+    from hagrid_edge.landmarks import point_errors
+
+    t0 = time.perf_counter()
+    presence: list[float] = []
+    errors, errors_rel, agree, agree_rel = [], [], [], []
+    for s in tqdm(samples, desc="eval", unit="img", disable=not progress, leave=False):
+        frame = read_rgb(s.image_path)
+        h, w = frame.shape[:2]
+        boxes = s.boxes_xyxy(w, h)
+        hands = landmarker(frame, boxes)
+        side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]).clip(1)
+        presence += hands.presence.tolist()
+        for i in range(len(boxes)):
+            target = s.landmark_array(i)
+            if target is not None:
+                err = float(point_errors(hands.points[i], target * np.array([w, h], np.float32)))
+                errors.append(err)
+                errors_rel.append(100 * err / side[i])
+        if reference is not None and len(boxes):
+            dist = point_errors(hands.points, reference(frame, boxes).points)
+            agree += dist.tolist()
+            agree_rel += (100 * dist / side).tolist()
+    return {"task": "landmarks", "images": len(samples), "hands": len(presence),
+            "presence_mean": _mean(presence, 4), "annotated_hands": len(errors),
+            "mean_point_error_px": _mean(errors), "mean_point_error_pct_box": _mean(errors_rel),
+            "agreement_px": _mean(agree), "agreement_pct_box": _mean(agree_rel),
             "seconds": round(time.perf_counter() - t0, 2)}

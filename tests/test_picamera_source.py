@@ -1,13 +1,20 @@
 """The Pi camera source (``csi://N`` off a Jetson) with a fake of only the ``picamera2`` module.
 
-The fake camera serves a real HaGRID photo in picamera2's RGB888 layout (B, G, R bytes) and can be
-"unplugged"; everything else (the source, capture thread, reconnect, the run) is the real code.
+The fake camera serves a real HaGRID photo in picamera2's RGB888 layout (B, G, R bytes), with
+picamera2's own call shapes (``capture_array(name, wait=False)`` returns a job, ``wait(job,
+timeout)`` its frame or a timeout), and follows a script per opened camera: deliver a frame, be
+"unplugged", fail in the driver, stall, or fail to configure / start. Everything else (the source,
+the capture thread, reconnect, the run) is the real code.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import logging
 import sys
+import threading
+import time
 import types
 from pathlib import Path
 
@@ -18,20 +25,33 @@ from test_run_cli import SEQUENCE, letterboxed
 
 from hagrid_edge.cli import main
 from hagrid_edge.deploy.common.capture import Capture
+from hagrid_edge.deploy.common.runner import RunOptions, run_loop
 from hagrid_edge.deploy.common.sources import open_source, parse_source
 from hagrid_edge.deploy.rpi.picamera_source import PicameraSource
 from hagrid_edge.errors import HagridEdgeError
+from hagrid_edge.pipeline import load_pipeline
+
+pytestmark = pytest.mark.skipif(Path("/etc/nv_tegra_release").exists(),
+                                reason="csi:// is the GStreamer camera on a Jetson")
 
 
-def fake_picamera2(bgr: np.ndarray, cameras: int = 1, unplug_after: int | None = None) -> types.ModuleType:
+def fake_picamera2(bgr: np.ndarray, cameras: int = 1, scripts: list[list[str]] | None = None,
+                   fail_open: list[str] | None = None) -> types.ModuleType:
+    """``scripts[k]``: what the k-th opened camera does on successive reads ("frame", "unplug",
+    "oserror", "stall"); after its script, frames. ``fail_open[k]``: "configure"/"start" fails."""
     module = types.ModuleType("picamera2")
     module.opened = []
+    module.release = threading.Event()  # ends every stall
+    module.closed_during_read = False
 
     class Picamera2:
         def __init__(self, camera_num: int = 0) -> None:
             if camera_num >= cameras:
                 raise IndexError("list index out of range")  # what picamera2 raises for a missing camera
-            self.config, self.started, self.frames = None, False, 0
+            self.k = len(module.opened)
+            self.script = list((scripts or [])[self.k] if scripts and self.k < len(scripts) else [])
+            self.fail = fail_open[self.k] if fail_open and self.k < len(fail_open) else None
+            self.config, self.started, self.closed, self.reading = None, False, False, False
             module.opened.append(self)
 
         def create_video_configuration(self, main: dict, buffer_count: int, controls: dict) -> dict:
@@ -39,24 +59,40 @@ def fake_picamera2(bgr: np.ndarray, cameras: int = 1, unplug_after: int | None =
 
         def configure(self, config: dict) -> None:
             assert config["main"]["format"] == "RGB888" and config["buffer_count"] <= 2
+            if self.fail == "configure":
+                raise RuntimeError("Failed to configure camera")
             self.config = config
 
         def start(self) -> None:
+            if self.fail == "start":
+                raise RuntimeError("Failed to start camera: Device or resource busy")
             self.started = True
 
-        def capture_array(self, name: str = "main") -> np.ndarray:
-            assert self.started and name == "main"
-            self.frames += 1
-            if unplug_after is not None and self.frames > unplug_after and len(module.opened) == 1:
-                raise RuntimeError("Camera frontend has timed out!")
-            w, h = self.config["main"]["size"]
-            return cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
+        def capture_array(self, name: str = "main", wait: bool | None = None) -> object:
+            assert self.started and not self.closed and name == "main" and wait is False
+            return self.script.pop(0) if self.script else "frame"
+
+        def wait(self, job: object, timeout: float | None = None) -> np.ndarray:
+            self.reading = True
+            try:
+                if job == "unplug":
+                    raise RuntimeError("Camera frontend has timed out!")
+                if job == "oserror":
+                    raise OSError(19, "No such device")
+                if job == "stall":
+                    if not module.release.wait(timeout):
+                        raise concurrent.futures.TimeoutError()
+                w, h = self.config["main"]["size"]
+                return cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)
+            finally:
+                self.reading = False
 
         def stop(self) -> None:
             self.started = False
 
         def close(self) -> None:
-            pass
+            module.closed_during_read |= self.reading
+            self.closed = True
 
     module.Picamera2 = Picamera2
     return module
@@ -67,9 +103,8 @@ def palm_bgr(mini_root: Path) -> np.ndarray:
     return letterboxed(mini_root, *SEQUENCE[0])
 
 
-@pytest.mark.skipif(Path("/etc/nv_tegra_release").exists(), reason="csi:// is the GStreamer camera on a Jetson")
 def test_frames_are_rgb_and_a_lost_camera_comes_back(palm_bgr: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = fake_picamera2(palm_bgr, unplug_after=3)
+    fake = fake_picamera2(palm_bgr, scripts=[["frame", "frame", "frame", "unplug"]])
     monkeypatch.setitem(sys.modules, "picamera2", fake)
     source = parse_source("csi://0", 640, 480)
     assert isinstance(source, PicameraSource) and source.live
@@ -78,15 +113,81 @@ def test_frames_are_rgb_and_a_lost_camera_comes_back(palm_bgr: np.ndarray, monke
     frames = [capture.get() for _ in range(6)]
     capture.stop()
     np.testing.assert_array_equal(frames[0].image, palm_bgr[:, :, ::-1])
-    assert capture.stats.reconnects >= 1 and len(fake.opened) >= 2
+    assert capture.stats.reconnects >= 1 and len(fake.opened) >= 2 and fake.opened[0].closed
     with pytest.raises(HagridEdgeError, match="cannot open camera 1"):
         open_source("csi://1")
 
 
+@pytest.mark.parametrize("step", ["configure", "start"])
+def test_a_camera_that_fails_to_start_is_closed(step: str, palm_bgr: np.ndarray,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = fake_picamera2(palm_bgr, fail_open=[step])
+    monkeypatch.setitem(sys.modules, "picamera2", fake)
+    source = parse_source("csi://0", 640, 480)
+    with pytest.raises(HagridEdgeError, match=f"--source csi://0: cannot start camera 0 .*Failed to {step}"):
+        source.open()
+    assert fake.opened[0].closed  # released: the next open does not find it busy
+    source.open()
+    assert source.read().shape == (480, 640, 3)
+    source.close()
+
+
+def test_a_stalled_camera_read_is_time_bounded(palm_bgr: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = fake_picamera2(palm_bgr, scripts=[["frame", "stall"]])
+    monkeypatch.setitem(sys.modules, "picamera2", fake)
+    source = PicameraSource("csi://0", 0, read_timeout=0.2)
+    source.open()
+    assert source.read() is not None
+    t0 = time.perf_counter()
+    assert source.read() is None  # no frame within the timeout: lost, for the capture thread to reopen
+    assert time.perf_counter() - t0 < 2.0
+    source.close()
+
+
+def test_driver_errors_are_logged_counted_and_reopened(palm_bgr: np.ndarray, monkeypatch: pytest.MonkeyPatch,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    fake = fake_picamera2(palm_bgr, scripts=[["frame", "oserror"], ["oserror"]])
+    monkeypatch.setitem(sys.modules, "picamera2", fake)
+    source = open_source("csi://0")
+    capture = Capture(source, backoff=(0.01, 0.02)).start()
+    with caplog.at_level(logging.WARNING, logger="hagrid_edge.run"):
+        frames = [capture.get(timeout=10) for _ in range(3)]
+        capture.stop()
+    assert all(f is not None for f in frames)
+    assert capture.stats.read_errors == 2 and capture.stats.reconnects >= 2
+    failed = [r.getMessage() for r in caplog.records if "read failed" in r.getMessage()]
+    assert failed == ["csi://0: read failed (OSError: [Errno 19] No such device); reopening it"] * 2
+
+
+def test_stop_never_closes_the_camera_under_a_read(palm_bgr: np.ndarray, hand_detector: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read outlasting the capture's stop timeout: the run ends, and the camera is closed only once
+    the read returns (by the capture thread), never under it."""
+    fake = fake_picamera2(palm_bgr, scripts=[["frame", "stall"]])
+    monkeypatch.setitem(sys.modules, "picamera2", fake)
+    source = PicameraSource("csi://0", 0, read_timeout=60)
+    source.open()
+    stop = threading.Event()
+
+    def stop_once_stalled() -> None:
+        deadline = time.time() + 30
+        while not fake.opened[0].reading and time.time() < deadline:
+            time.sleep(0.01)
+        stop.set()
+
+    threading.Thread(target=stop_once_stalled, daemon=True).start()
+    summary = run_loop(load_pipeline(hand_detector), source, RunOptions(), stop, ["SIGINT"])
+    assert summary.stopped_by == "SIGINT"
+    assert fake.opened[0].reading and not fake.opened[0].closed  # still inside the driver: left open
+    fake.release.set()  # the driver returns
+    deadline = time.time() + 10
+    while not fake.opened[0].closed and time.time() < deadline:
+        time.sleep(0.01)
+    assert fake.opened[0].closed and not fake.closed_during_read
+
+
 def test_run_on_the_pi_camera(palm_bgr: np.ndarray, hand_detector: Path, crop_classifier: Path, tmp_path: Path,
                               monkeypatch: pytest.MonkeyPatch) -> None:
-    if Path("/etc/nv_tegra_release").exists():
-        pytest.skip("csi:// is the GStreamer camera on a Jetson")
     monkeypatch.setitem(sys.modules, "picamera2", fake_picamera2(palm_bgr))
     rc = main(["run", "--engine", str(hand_detector), "--classifier", str(crop_classifier), "--source", "csi://0",
                "--headless", "--max-frames", "6", "--events", str(tmp_path / "ev.jsonl"),
@@ -94,4 +195,5 @@ def test_run_on_the_pi_camera(palm_bgr: np.ndarray, hand_detector: Path, crop_cl
     assert rc == 0
     events = [json.loads(x) for x in (tmp_path / "ev.jsonl").read_text().splitlines()]
     assert [(e["event"], e["gesture"]) for e in events] == [("start", "palm"), ("end", "palm")]
-    assert json.loads((tmp_path / "s.json").read_text())["stopped_by"] == "--max-frames 6"
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["stopped_by"] == "--max-frames 6" and summary["read_errors"] == 0

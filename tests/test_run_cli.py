@@ -239,3 +239,61 @@ def test_video_with_no_decodable_frame(mini_root: Path, hand_detector: Path, tmp
     line = _error_line(capsys, ["run", "--engine", str(hand_detector), "--source", str(path), "--output", str(out)])
     assert "no frame could be decoded (3 corrupt)" in line
     assert not out.exists() and not list(tmp_path.glob(".*part*"))
+
+
+def test_second_sigint_during_cleanup_keeps_the_outputs(mini_root: Path, hand_detector: Path,
+                                                        crop_classifier: Path, tmp_path: Path) -> None:
+    """Ctrl-C, then Ctrl-C again while the run waits for a slow hook: the first one's outputs survive."""
+    video = tmp_path / "long.mp4"
+    make_video(mini_root, video, hold=30, repeat=4)
+    ev, out = tmp_path / "ev.jsonl", tmp_path / "out.mp4"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hagrid_edge.cli", "run", "--engine", str(hand_detector), "--classifier",
+         str(crop_classifier), "--source", str(video), "--headless", "--events", str(ev), "--output", str(out),
+         "--on-gesture", "sleep 6"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "running" in line:
+            break
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.7)  # the run is now waiting for the hook's command to finish
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "SIGINT: already stopping, finishing the outputs" in stderr
+    processed = int(stdout.split(" frames in ")[0].rsplit(" ", 1)[1])
+    assert processed > 0 and count_frames(out) == processed
+    events = read_events(ev)
+    assert events[0]["gesture"] == "palm" and events[-1]["event"] == "end"
+
+
+def test_window_is_shown_from_the_main_thread(gesture_video: Path, hand_detector: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """HighGUI calls (faked: no display here) happen on the main thread only; 'q' in the window stops the run."""
+    import threading
+
+    from hagrid_edge.deploy.common.runner import RunOptions, run_loop
+    from hagrid_edge.deploy.common.sources import open_source
+    from hagrid_edge.pipeline import load_pipeline
+
+    calls: list[tuple[str, str]] = []
+    shown: list[np.ndarray] = []
+
+    def imshow(title: str, image: np.ndarray) -> None:
+        calls.append(("imshow", threading.current_thread().name))
+        shown.append(image)
+
+    def wait_key(delay: int) -> int:
+        calls.append(("waitKey", threading.current_thread().name))
+        return ord("q") if len(shown) >= 5 else -1
+
+    monkeypatch.setattr(cv2, "imshow", imshow)
+    monkeypatch.setattr(cv2, "waitKey", wait_key)
+    monkeypatch.setattr(cv2, "destroyAllWindows", lambda: calls.append(("destroy", threading.current_thread().name)))
+    summary = run_loop(load_pipeline(hand_detector), open_source(str(gesture_video)), RunOptions(show=True),
+                       threading.Event())
+    assert {thread for _, thread in calls} == {threading.main_thread().name}
+    assert len(shown) >= 5 and shown[0].shape == (480, 640, 3) and calls[-1][0] == "destroy"
+    assert summary.stopped_by == "stop request" and summary.frames < len(SEQUENCE) * HOLD

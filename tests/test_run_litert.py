@@ -19,6 +19,7 @@ from test_run_cli import HOLD, SEQUENCE, letterboxed, make_video, read_events
 from hagrid_edge.cli import main
 from hagrid_edge.deploy.common.backend import open_backend
 from hagrid_edge.errors import HagridEdgeError
+from hagrid_edge.landmarks import is_landmark_spec
 from hagrid_edge.paths import DEFAULT_MODELS
 from hagrid_edge.processing import preprocess, sigmoid
 from hagrid_edge.spec import ModelSpec, resolve_spec
@@ -86,7 +87,7 @@ def _shipped_tflite(folder: Path = DEFAULT_MODELS) -> list[tuple[str, Path]]:
             spec = resolve_spec(path)
         except HagridEdgeError:
             continue
-        if spec.task == "detector" or spec.crop is not None:
+        if spec.task == "detector" or (spec.crop is not None and not is_landmark_spec(spec)):
             found.append((spec.task, path))
     return found
 

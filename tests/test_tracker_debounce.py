@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hagrid_edge.deploy.common.debounce import DebounceConfig, Debouncer
-from hagrid_edge.deploy.common.runner import Gestures, RunOptions
+from hagrid_edge.deploy.common.gestures import Gestures
 from hagrid_edge.deploy.common.tracker import IouTracker
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.processing import Detections
@@ -52,14 +52,16 @@ def test_flicker_below_n_never_starts_and_switch_ends_previous() -> None:
 
 
 def test_gestures_end_when_track_lost() -> None:
-    g = Gestures(RunOptions(debounce=DebounceConfig(2, 2, 50), track_max_age=1))
+    g = Gestures(DebounceConfig(2, 2, 50), track_max_age=1)
     dets = Detections(HAND_A[None], np.array([0.9], np.float32), np.array([0]), ["ok"])
-    kinds = []
+    events = []
     for frame in range(3):
-        kinds += [(e.kind, e.gesture, e.track) for e in g.update(dets, frame, float(frame))[1]]
+        events += g.update(dets, frame, float(frame), [{"presence": 0.5 + frame / 10}])[1]
     for frame in range(3, 6):
-        kinds += [(e.kind, e.gesture, e.track) for e in g.update(Detections(), frame, float(frame))[1]]
-    assert kinds == [("start", "ok", 1), ("end", "ok", 1)]
+        events += g.update(Detections(), frame, float(frame))[1]
+    assert [(e.kind, e.gesture, e.track) for e in events] == [("start", "ok", 1), ("end", "ok", 1)]
+    # each event carries the hand's extras (e.g. landmarks) from the last frame the hand was seen
+    assert [e.to_dict()["presence"] for e in events] == [0.6, 0.7]
 
 
 def test_bad_config() -> None:

@@ -99,6 +99,8 @@ def _step_loss(raw: nn.Module, outputs: dict[str, torch.Tensor], targets: list[d
 
 
 class Trainer:
+    """Builds everything a training run needs from its config, then ``fit`` runs the epochs."""
+
     def __init__(self, cfg: TrainConfig, resume: bool = False, device: str | None = None,
                  progress: bool = True) -> None:
         self.cfg, self.progress = cfg, progress
@@ -106,21 +108,38 @@ class Trainer:
         self.device = self.dist.device
         self.cuda = self.device.type == "cuda"
         self.out = Path(cfg.out_dir)
-        t = cfg.train
-        torch.manual_seed(t.seed + self.dist.rank)
-        random.seed(t.seed)
-        np.random.seed(t.seed)
+        self._seed()
+        self._build_model(init=not resume)
+        self._build_data()
+        self._build_optimization()
+        if resume:
+            self._resume()
+        self._wrap_for_devices()
+        self._open_writer()
 
+    # ---- construction steps ---------------------------------------------------------------------
+    def _seed(self) -> None:
+        seed = self.cfg.train.seed
+        torch.manual_seed(seed + self.dist.rank)
+        random.seed(seed)
+        np.random.seed(seed)
+
+    def _build_model(self, init: bool) -> None:
+        """The model (from ``model.init`` weights unless resuming), its spec and provenance."""
+        cfg = self.cfg
         self.model_cfg = cfg.model_config()
         self.model = build_model(self.model_cfg)
         self.init_report = None
-        if cfg.model.init and not resume:
+        if cfg.model.init and init:
             self.init_report = load_weights(self.model, cfg.model.init, cfg.model.name)
             self.log(f"init from {cfg.model.init}: {self.init_report.summary()}")
         self.provenance = {"config": cfg.to_dict(), "init": cfg.model.init, "torch": torch.__version__}
         self.spec = model_spec(self.model_cfg, self.model, {"trained_on": f"{cfg.data.root}:{cfg.data.train_split}"})
         self.hands_only = list(self.model_cfg.classes) == ["hand"]
 
+    def _build_data(self) -> None:
+        """The augmented train set, its sampler and loader, and the val samples."""
+        cfg, t = self.cfg, self.cfg.train
         train_samples = load_split(cfg.data.root, cfg.data.train_split, cfg.data.targets)[: cfg.data.limit]
         aug = BoxSafeAugment(cfg.augment.hflip, cfg.augment.crop, cfg.augment.min_crop, cfg.augment.color)
         dataset_cls = DetectionDataset if self.spec.task == "detector" else ClassificationDataset
@@ -143,10 +162,13 @@ class Trainer:
         if len(self.loader) == 0:
             raise HagridEdgeError(f"{cfg.data.root} [{cfg.data.train_split}]: too few samples for one batch")
 
+    def _build_optimization(self) -> None:
+        """Model on its device, optimizer, warm-up + cosine schedule, AMP scaler, EMA, best-so-far."""
+        t = self.cfg.train
         self.model.to(self.device)
         if self.cuda and t.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        self.optimizer = make_optimizer(self.model, cfg)
+        self.optimizer = make_optimizer(self.model, self.cfg)
         self.steps_per_epoch = len(self.loader)
         total, warmup = t.epochs * self.steps_per_epoch, int(t.warmup_epochs * self.steps_per_epoch)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -155,14 +177,17 @@ class Trainer:
         self.ema = ModelEMA(self.model, t.ema) if t.ema else None
         self.start_epoch, self.history = 0, []
         self.best: dict[str, Any] = {"metric": -math.inf, "epoch": -1}
-        if resume:
-            self._resume()
+
+    def _wrap_for_devices(self) -> None:
+        """``net`` is what the loop calls: the model, or its DDP wrapper (sync batch norm on GPUs)."""
         self.net: nn.Module = self.model
         if self.dist.enabled:
             if self.cuda:
                 self.net = nn.SyncBatchNorm.convert_sync_batchnorm(self.net)
             self.net = nn.parallel.DistributedDataParallel(
                 self.net, device_ids=[self.device.index] if self.cuda else None)
+
+    def _open_writer(self) -> None:
         self.writer = None
         if self.dist.main:
             from torch.utils.tensorboard import SummaryWriter

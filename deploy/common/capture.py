@@ -4,7 +4,10 @@ A live camera or stream that the consumer cannot keep up with must not build a q
 grows without bound); it keeps one slot and a newer frame replaces an unread one (counted as
 dropped). A file must not lose frames: a small bounded queue lets decoding run ahead of inference
 and blocks when full. Lost live sources reopen with exponential back-off; corrupt frames are
-skipped and counted.
+skipped and counted; a live source whose read fails is logged, counted and reopened.
+
+Once started, the capture thread owns the source: only it closes it, after its last ``read()``
+returned, so a stop never closes a device under a read in progress.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class CaptureStats:
     dropped: int = 0  # live frames replaced by newer ones before inference took them
     corrupt: int = 0
     reconnects: int = 0
+    read_errors: int = 0  # live reads that raised (driver or decoder failures)
 
 
 class FrameBuffer:
@@ -83,16 +87,19 @@ class FrameBuffer:
 class Capture:
     """Reads ``source`` on a thread; ``get()`` hands frames over per the source's policy."""
 
-    def __init__(self, source: FrameSource, queue_size: int = 4, backoff: tuple[float, float] = (0.5, 10.0)) -> None:
+    def __init__(self, source: FrameSource, queue_size: int = 4, backoff: tuple[float, float] = (0.5, 10.0),
+                 stop_timeout: float = 5.0) -> None:
         self.source = source
         self.buffer = FrameBuffer(1 if source.live else queue_size, drop_oldest=source.live)
-        self.backoff = backoff
+        self.backoff, self.stop_timeout = backoff, stop_timeout
         self.stats = CaptureStats()
         self.error: str | None = None  # why a file source stopped early, if it did
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
+        self._started = False
 
     def start(self) -> Capture:
+        self._started = True
         self._thread.start()
         return self
 
@@ -101,9 +108,18 @@ class Capture:
         return self.buffer.get(timeout)  # type: ignore[return-value]
 
     def stop(self) -> None:
+        """Stop reading and wait for the thread, which closes the source (closed here if never started)."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         self.buffer.close()
-        self._thread.join(timeout=5)
+        if not self._started:
+            self.source.close()
+            return
+        self._thread.join(self.stop_timeout)
+        if self._thread.is_alive():
+            log.warning("%s: still inside a read after %.0f s; it is closed when that read returns",
+                        self.source.uri, self.stop_timeout)
 
     @property
     def dropped(self) -> int:
@@ -123,6 +139,8 @@ class Capture:
                     if not self.source.live:
                         self.error = f"{self.source.uri}: read failed ({e})"
                         break
+                    self.stats.read_errors += 1
+                    log.warning("%s: read failed (%s: %s); reopening it", self.source.uri, type(e).__name__, e)
                     image = None
                 if image is None:
                     if not self.source.live or not self._reconnect():

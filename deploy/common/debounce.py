@@ -37,11 +37,12 @@ class GestureEvent:
     time: float
     score: float
     box: list[float]
+    hand: dict | None = None  # more about the hand in that frame, e.g. its landmarks
 
     def to_dict(self) -> dict:
         return {"event": self.kind, "gesture": self.gesture, "track": self.track, "frame": self.frame,
                 "time": round(self.time, 3), "score": round(self.score, 4),
-                "box": [round(v, 1) for v in self.box]}
+                "box": [round(v, 1) for v in self.box], **(self.hand or {})}
 
 
 class Debouncer:
@@ -53,14 +54,15 @@ class Debouncer:
         self.active: str | None = None
         self.absent = 0  # frames in a row without the active gesture
         self.last_score, self.last_box = 0.0, [0.0, 0.0, 0.0, 0.0]
+        self.last_hand: dict | None = None
 
     def update(self, label: str | None, score: float, box: np.ndarray | None, frame: int,
-               now: float) -> list[GestureEvent]:
+               now: float, hand: dict | None = None) -> list[GestureEvent]:
         """Feed one frame (``label`` None: the track was not seen); the events it causes."""
         label = None if label == NO_GESTURE else label
         self.history.append(label)
         if label is not None and box is not None:
-            self.last_box = [float(v) for v in box]
+            self.last_box, self.last_hand = [float(v) for v in box], hand
             if label == self.active or self.active is None:
                 self.last_score = score
         events: list[GestureEvent] = []
@@ -85,4 +87,4 @@ class Debouncer:
         return [event]
 
     def _event(self, kind: str, gesture: str, frame: int, now: float) -> GestureEvent:
-        return GestureEvent(kind, gesture, self.track, frame, now, self.last_score, self.last_box)
+        return GestureEvent(kind, gesture, self.track, frame, now, self.last_score, self.last_box, self.last_hand)

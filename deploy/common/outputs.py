@@ -1,22 +1,15 @@
-"""What a run produces: an annotated view (window and/or video file), an events JSONL, hooks.
+"""What a run produces: annotated frames (window and/or video file) and an events JSONL.
 
 The runner writes the video and events files through ``atomic_path``: they appear complete when
 the run ends (also after SIGINT/SIGTERM); ``--events -`` streams events to stdout as they happen.
+Hooks live in ``hooks.py``.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-import logging
 import os
-import queue
 import re
-import shlex
-import shutil
-import subprocess
-import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -26,11 +19,8 @@ import numpy as np
 from hagrid_edge.deploy.common.debounce import GestureEvent
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.labels import NO_GESTURE
+from hagrid_edge.landmarks import BONES, HandLandmarks
 from hagrid_edge.processing import Detections, letterbox
-
-log = logging.getLogger("hagrid_edge.run")
-
-STAGES = ("capture", "pre", "infer", "post", "track", "render")
 
 
 def has_display() -> bool:
@@ -51,13 +41,28 @@ def _colour(label: str) -> tuple[int, int, int]:
     return tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])  # type: ignore[return-value]
 
 
+def draw_landmarks(out: np.ndarray, hands: HandLandmarks, min_presence: float, thick: int) -> None:
+    """The 21 points and the bones of each hand the model is sure enough is there."""
+    for points, presence in zip(hands.points, hands.presence):  # noqa: B905 (Python 3.8: no strict)
+        if presence < min_presence:
+            continue
+        pts = [(int(round(x)), int(round(y))) for x, y in points]
+        for a, b in BONES:
+            cv2.line(out, pts[a], pts[b], (255, 255, 255), thick, cv2.LINE_AA)
+        for p in pts:
+            cv2.circle(out, p, thick + 2, (0, 0, 255), -1, cv2.LINE_AA)
+
+
 def annotate(image_rgb: np.ndarray, dets: Detections, track_ids: list[int], fps: float,
-             stage_ms: dict[str, float]) -> np.ndarray:
-    """A BGR copy of the frame with boxes, gesture names, scores, track ids, FPS and stage times."""
+             stage_ms: dict[str, float], hands: HandLandmarks | None = None, min_presence: float = 0.5
+             ) -> np.ndarray:
+    """A BGR copy of the frame with boxes, gesture names, scores, track ids, landmarks, FPS and stage times."""
     out = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
     scale = max(out.shape[1] / 960, 0.45)
     thick = max(1, round(scale * 2))
-    for box, score, label, tid in zip(dets.boxes, dets.scores, dets.labels, track_ids, strict=True):
+    if hands is not None:
+        draw_landmarks(out, hands, min_presence, thick)
+    for box, score, label, tid in zip(dets.boxes, dets.scores, dets.labels, track_ids):  # noqa: B905 (3.8)
         x1, y1, x2, y2 = (int(round(v)) for v in box)
         colour = _colour(label)
         cv2.rectangle(out, (x1, y1), (x2, y2), colour, thick)
@@ -128,78 +133,3 @@ class EventsOutput:
     def write(self, event: GestureEvent) -> None:
         self.stream.write(json.dumps(event.to_dict()) + "\n")
         self.stream.flush()
-
-
-# ---- hooks ---------------------------------------------------------------------------------------
-_CALLABLE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
-
-def resolve_hook(text: str) -> Callable[[dict], object] | list[str]:
-    """``module:function`` -> the callable; anything else -> a command line (argv list)."""
-    if _CALLABLE.match(text):
-        module_name, func_name = text.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as e:
-            raise HagridEdgeError(f"--on-gesture {text}: cannot import {module_name} ({e})") from None
-        func = getattr(module, func_name, None)
-        if not callable(func):
-            raise HagridEdgeError(f"--on-gesture {text}: {module_name} has no function {func_name}")
-        return func
-    argv = shlex.split(text)
-    if not argv or shutil.which(argv[0]) is None:
-        raise HagridEdgeError(f"--on-gesture {text}: no such command (or module:function)")
-    return argv
-
-
-class Hooks:
-    """Runs hooks on gesture-start events on a worker thread, so a slow hook never stalls inference.
-
-    A command gets the event in its environment (``HAGRID_EDGE_GESTURE``, ``HAGRID_EDGE_EVENT`` as
-    JSON); a Python callable gets the event dict.
-    """
-
-    def __init__(self, specs: list[str]) -> None:
-        self.hooks = [resolve_hook(s) for s in specs]
-        self._queue: queue.Queue[dict | None] = queue.Queue(maxsize=64)
-        self._procs: list[subprocess.Popen] = []
-        self._thread = threading.Thread(target=self._run, name="hooks", daemon=True)
-        if self.hooks:
-            self._thread.start()
-
-    def fire(self, event: GestureEvent) -> None:
-        if not self.hooks or event.kind != "start":
-            return
-        try:
-            self._queue.put_nowait(event.to_dict())
-        except queue.Full:
-            log.warning("hooks are behind: skipped the %s event of track %d", event.gesture, event.track)
-
-    def _run(self) -> None:
-        while (event := self._queue.get()) is not None:
-            for hook in self.hooks:
-                try:
-                    if isinstance(hook, list):
-                        env = {**os.environ, "HAGRID_EDGE_GESTURE": event["gesture"],
-                               "HAGRID_EDGE_EVENT": json.dumps(event)}
-                        self._procs.append(subprocess.Popen(hook, env=env, stdin=subprocess.DEVNULL))
-                    else:
-                        hook(event)
-                except Exception as e:  # a user's hook must not end the run
-                    log.warning("hook %s failed: %s", hook, e)
-            self._procs = [p for p in self._procs if p.poll() is None]
-
-    def close(self, timeout: float = 10.0) -> None:
-        if not self.hooks:
-            return
-        try:
-            self._queue.put(None, timeout=timeout)
-        except queue.Full:
-            log.warning("hooks still busy after %.0f s; left behind", timeout)
-            return
-        self._thread.join(timeout)
-        for p in self._procs:
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("hook command %s still running; left behind", p.args)

@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classifier", help="hand-crop gesture classifier run on every detected hand (two-stage)")
     p.add_argument("--spec", help="spec file for an engine with none embedded or beside it")
     p.add_argument("--classifier-spec", help="spec file for the classifier")
+    p.add_argument("--landmarks", nargs="?", const="", metavar="FILE",
+                   help="also find 21 hand landmarks on every hand (MediaPipe's hand landmark model; without "
+                        "FILE the shipped assets/models/hand_landmark_lite.tflite, which needs the [tflite] extra)")
     p.add_argument("--source", required=True,
                    help="csi://N, usb://N, /dev/videoN, rtsp://..., a video file, an image folder, or - (stdin)")
     p.add_argument("--output", help="annotated video (.mp4, .avi, .mkv, .mov)")
@@ -65,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from hagrid_edge.deploy.common.runner import RunOptions, run_loop
     from hagrid_edge.deploy.common.sources import ImageFolderSource, parse_source
     from hagrid_edge.errors import HagridEdgeError
+    from hagrid_edge.landmarks import DEFAULT_LANDMARKS, open_landmarker
     from hagrid_edge.paths import write_text_atomic
     from hagrid_edge.pipeline import load_pipeline
 
@@ -81,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
         log.info("this OpenCV has no GUI (opencv-python-headless): running headless")
     pipeline = load_pipeline(args.engine, args.classifier, args.spec, args.classifier_spec, args.threads,
                              score_threshold=args.score_threshold, device=args.device)
+    landmarker = None
+    if args.landmarks is not None:
+        landmarker = open_landmarker(args.landmarks or DEFAULT_LANDMARKS, threads=args.threads)
     source = parse_source(args.source, args.width, args.height)
     n, m, k = STILLS_DEBOUNCE if isinstance(source, ImageFolderSource) else VIDEO_DEBOUNCE
     debounce = DebounceConfig(_given(args.debounce_n, n), _given(args.debounce_m, m), _given(args.debounce_k, k))
@@ -92,15 +99,18 @@ def run(args: argparse.Namespace) -> int:
     stop, reason = threading.Event(), []
 
     def on_signal(signum: int, _frame: object) -> None:
-        if stop.is_set():  # a second Ctrl-C: give up on the graceful stop
-            raise KeyboardInterrupt
+        if stop.is_set():  # a second Ctrl-C must not cut the cleanup short: the outputs would be lost
+            log.warning("%s: already stopping, finishing the outputs (Ctrl-\\ quits without them)",
+                        signal.Signals(signum).name)
+            return
         reason.append(signal.Signals(signum).name)
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        log.info("running %s%s on %s", args.engine, f" + {args.classifier}" if args.classifier else "", args.source)
-        summary = run_loop(pipeline, source, opts, stop, reason)
+        log.info("running %s%s%s on %s", args.engine, f" + {args.classifier}" if args.classifier else "",
+                 " + landmarks" if landmarker else "", args.source)
+        summary = run_loop(pipeline, source, opts, stop, reason, landmarker)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -1,0 +1,122 @@
+"""What a run measured, in bounded memory: frame counts, capture health, events, per-stage times.
+
+A run may last weeks as a service, so nothing grows with its length: each stage keeps its count
+and mean over the whole run and its percentiles over the newest ``WINDOW`` samples; events are
+counted, not kept.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import time
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+
+from hagrid_edge.deploy.common.debounce import GestureEvent
+from hagrid_edge.pipeline import StageTimes
+
+PERCENTILES = (50, 90, 99)
+WINDOW = 10_000  # samples per stage that percentiles are taken over
+# Stage names, in the order the table prints them; "latency" is capture to the end of the frame's work.
+STAGES = ("capture", "pre", "infer", "post", "landmarks", "track", "render", "latency")
+
+
+class StageStats:
+    """One stage's timings: count and mean over the run, percentiles over the newest ``window`` samples."""
+
+    def __init__(self, window: int = WINDOW) -> None:
+        self.count, self.total = 0, 0.0
+        self.recent: collections.deque[float] = collections.deque(maxlen=window)
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.total += seconds
+        self.recent.append(seconds)
+
+    def row_ms(self) -> dict[str, float]:
+        ms = np.asarray(self.recent, np.float64) * 1e3
+        return {**{f"p{p}": float(np.percentile(ms, p)) for p in PERCENTILES}, "mean": self.total / self.count * 1e3}
+
+
+class Summary:
+    """The statistics of one run, filled by the loop's steps and read by ``format``/``to_dict``."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.frames = 0
+        self.stopped_by = "end of source"
+        self.corrupt = self.dropped = self.reconnects = self.read_errors = 0
+        self.video_frames = 0
+        self.events = 0
+        self.starts: collections.Counter[str] = collections.Counter()
+        self.stages = {s: StageStats() for s in STAGES}
+        self.last_ms: dict[str, float] = {}  # the newest frame's stage times, for the on-screen overlay
+        self.fps_now = 0.0  # smoothed frame rate, for the overlay
+        self._t0 = self._last = time.perf_counter()
+        self.wall_s = 0.0
+
+    # ---- filled by the loop ---------------------------------------------------------------------
+    def add(self, stage: str, seconds: float) -> None:
+        self.stages[stage].add(seconds)
+        self.last_ms[stage] = seconds * 1e3
+
+    def add_times(self, times: StageTimes) -> None:
+        for stage in ("pre", "infer", "post"):
+            self.add(stage, getattr(times, stage))
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.add(stage, time.perf_counter() - t0)
+
+    def count_events(self, events: Iterable[GestureEvent]) -> None:
+        for event in events:
+            self.events += 1
+            if event.kind == "start":
+                self.starts[event.gesture] += 1
+
+    def frame_done(self, captured_at: float, capture_s: float) -> None:
+        """One frame went through every step: count it, its capture time, its latency and the frame rate."""
+        now = time.perf_counter()
+        self.frames += 1
+        self.add("capture", capture_s)
+        self.add("latency", time.time() - captured_at)
+        dt, self._last = max(now - self._last, 1e-9), now
+        self.fps_now = 1.0 / dt if self.fps_now == 0.0 else 0.9 * self.fps_now + 0.1 / dt
+
+    def finish(self) -> None:
+        self.wall_s = time.perf_counter() - self._t0
+
+    # ---- read ----------------------------------------------------------------------------------
+    @property
+    def fps(self) -> float:
+        return self.frames / self.wall_s if self.wall_s > 0 else 0.0
+
+    def percentiles_ms(self) -> dict[str, dict[str, float]]:
+        """Per stage with samples: p50/p90/p99 over the newest samples and the run's mean, in ms."""
+        return {name: st.row_ms() for name, st in self.stages.items() if st.count}
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "frames": self.frames, "wall_s": round(self.wall_s, 3),
+                "fps": round(self.fps, 2), "stopped_by": self.stopped_by, "corrupt_frames": self.corrupt,
+                "dropped_frames": self.dropped, "reconnect_attempts": self.reconnects,
+                "read_errors": self.read_errors, "events": self.events, "video_frames": self.video_frames,
+                "stage_ms": {k: {m: round(v, 3) for m, v in d.items()} for k, d in self.percentiles_ms().items()}}
+
+    def format(self) -> str:
+        lines = [f"{self.source}: {self.frames} frames in {self.wall_s:.2f} s = {self.fps:.1f} FPS "
+                 f"(stopped by {self.stopped_by})",
+                 f"  corrupt frames skipped {self.corrupt}, live frames dropped {self.dropped}, "
+                 f"reconnect attempts {self.reconnects}, read errors {self.read_errors}",
+                 f"  gesture events {self.events}: "
+                 + (", ".join(f"{g} x{n}" for g, n in self.starts.most_common()) or "none")]
+        table = self.percentiles_ms()
+        if table:
+            heads = ("p50", "p90", "p99", "mean")
+            lines.append(f"  {'stage ms':10s}" + "".join(f"{h:>9s}" for h in heads))
+            for stage, row in table.items():
+                lines.append(f"  {stage:10s}" + "".join(f"{row[h]:9.2f}" for h in heads))
+        return "\n".join(lines)
