@@ -69,8 +69,9 @@ def timed(argv: list[str], repeat: int) -> float:
     return statistics.median(times)
 
 
-def largest(site: Path, n: int = 6) -> list[tuple[str, float]]:
-    sizes = [(d.name, tree_bytes(d) / 2**20) for d in site.iterdir() if d.is_dir() and not d.name.endswith("-info")]
+def largest(site: Path, n: int = 6, skip: frozenset[str] = frozenset()) -> list[tuple[str, float]]:
+    sizes = [(d.name, tree_bytes(d) / 2**20) for d in site.iterdir()
+             if d.is_dir() and not d.name.endswith("-info") and d.name not in skip]
     return sorted(sizes, key=lambda x: -x[1])[:n]
 
 
@@ -78,7 +79,7 @@ def measure(python: str, extra: str, src: Path, work: Path, repeat: int) -> dict
     venv = work / f"venv-{extra or 'core'}"
     subprocess.run([python, "-m", "venv", str(venv)], check=True)
     py, site = venv / "bin" / "python", site_packages(venv)
-    empty = tree_bytes(site)  # pip (+ setuptools) of a bare venv
+    empty, bare = tree_bytes(site), frozenset(d.name for d in site.iterdir())  # pip (+ setuptools) of a bare venv
     target = f"{src}[{extra}]" if extra else str(src)
     t = time.perf_counter()
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-warn-script-location", target], check=True,
@@ -100,7 +101,7 @@ def measure(python: str, extra: str, src: Path, work: Path, repeat: int) -> dict
             "run_help_ms": round(timed([str(venv / "bin" / "hagrid-edge"), "run", "--help"], repeat), 1),
             "heavy_importable": json.loads(present),
             "eval_shipped_pair": {"images": result["images"], "mAP50_95": result["mAP50_95"]},
-            "largest_mb": [[name, round(mb, 1)] for name, mb in largest(site)]}
+            "largest_mb": [[name, round(mb, 1)] for name, mb in largest(site, skip=bare)]}
 
 
 def board_size(board: str, extra: str, src: Path, work: Path) -> dict:
