@@ -72,7 +72,7 @@ def ms(values: list[float]) -> str:
     return f"p50 {np.percentile(a, 50):7.2f}  p90 {np.percentile(a, 90):7.2f}  mean {a.mean():7.2f} ms"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--engine", default=str(DEFAULT_MODELS / "hand_detector.onnx"))
     p.add_argument("--classifier", default=str(DEFAULT_MODELS / "crops_classifier.onnx"),
@@ -84,8 +84,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=3, help="alternating inference-only / end-to-end rounds")
     p.add_argument("--json", help="write the figures here")
-    args = p.parse_args()
+    return p.parse_args()
 
+
+def main() -> None:
+    args = parse_args()
     images = sorted(Path(args.images).rglob("*.jpg"))
     if not images:
         raise SystemExit(f"--images {args.images}: no .jpg photos")

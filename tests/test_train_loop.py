@@ -57,6 +57,17 @@ def test_epoch_writes_a_loadable_checkpoint(run_dir):
     assert list(run_dir.glob("*.part")) == [] and list((run_dir / "tb").glob("events.*"))
 
 
+def test_checkpoints_load_with_weights_only(run_dir):
+    """Our checkpoints hold tensors, numbers, strings and containers only, so loading them never needs
+    to unpickle code (``torch.load(weights_only=True)``, safe on a file from anyone)."""
+    import torch
+
+    payload = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
+    _, _, full = load_model(run_dir / "last.pt")
+    assert payload.keys() == full.keys() and payload["epoch"] == full["epoch"]
+    assert all(torch.equal(v, full["model_state"][k]) for k, v in payload["model_state"].items())
+
+
 def test_resume_continues_from_the_checkpoint_epoch(run_dir, mini_root, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(run_dir, out)

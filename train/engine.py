@@ -133,7 +133,7 @@ class Trainer:
         if cfg.model.init and init:
             self.init_report = load_weights(self.model, cfg.model.init, cfg.model.name)
             self.log(f"init from {cfg.model.init}: {self.init_report.summary()}")
-        self.provenance = {"config": cfg.to_dict(), "init": cfg.model.init, "torch": torch.__version__}
+        self.provenance = {"config": cfg.to_dict(), "init": cfg.model.init, "torch": str(torch.__version__)}
         self.spec = model_spec(self.model_cfg, self.model, {"trained_on": f"{cfg.data.root}:{cfg.data.train_split}"})
         self.hands_only = list(self.model_cfg.classes) == ["hand"]
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 
 # Debounce (N of the last M frames start a gesture, K without end it): frames of a video or camera,
 # or stills (an image folder: each photo is its own scene).
@@ -95,11 +97,24 @@ def run(args: argparse.Namespace) -> int:
                       events=args.events, hooks=args.on_gesture, show=show, output_fps=args.output_fps,
                       max_frames=args.max_frames)
     source.open()
+    with stop_on_signals(log) as (stop, reason):
+        log.info("running %s%s%s on %s", args.engine, f" + {args.classifier}" if args.classifier else "",
+                 " + landmarks" if landmarker else "", args.source)
+        summary = run_loop(pipeline, source, opts, stop, reason, landmarker)
+    if args.summary:  # before printing: a closed stdout must not cost the summary file
+        write_text_atomic(args.summary, json.dumps(summary.to_dict(), indent=1) + "\n")
+    print(summary.format(), file=sys.stderr if args.events == "-" else sys.stdout, flush=True)
+    return 0
 
+
+@contextlib.contextmanager
+def stop_on_signals(log: logging.Logger) -> Iterator[tuple[threading.Event, list[str]]]:
+    """SIGINT/SIGTERM set the yielded event and name themselves in the list; a second signal while the
+    run finishes is logged and ignored, since cutting the cleanup short would discard the outputs."""
     stop, reason = threading.Event(), []
 
     def on_signal(signum: int, _frame: object) -> None:
-        if stop.is_set():  # a second Ctrl-C must not cut the cleanup short: the outputs would be lost
+        if stop.is_set():
             log.warning("%s: already stopping, finishing the outputs (Ctrl-\\ quits without them)",
                         signal.Signals(signum).name)
             return
@@ -108,13 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        log.info("running %s%s%s on %s", args.engine, f" + {args.classifier}" if args.classifier else "",
-                 " + landmarks" if landmarker else "", args.source)
-        summary = run_loop(pipeline, source, opts, stop, reason, landmarker)
+        yield stop, reason
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    print(summary.format(), file=sys.stderr if args.events == "-" else sys.stdout, flush=True)
-    if args.summary:
-        write_text_atomic(args.summary, json.dumps(summary.to_dict(), indent=1) + "\n")
-    return 0
