@@ -69,3 +69,18 @@ def test_bad_config() -> None:
         DebounceConfig(n=4, m=3)
     with pytest.raises(HagridEdgeError, match="K >= 1"):
         DebounceConfig(k=0)
+
+
+def test_summary_state_stays_bounded() -> None:
+    """A run as a service: per-stage samples keep a fixed window, events are counted, not kept."""
+    from hagrid_edge.deploy.common.debounce import GestureEvent
+    from hagrid_edge.deploy.common.summary import WINDOW, Summary
+
+    s = Summary("usb://0")
+    for k in range(3 * WINDOW):
+        s.add("infer", 0.001 * (k % 10))
+        s.count_events([GestureEvent("start" if k % 2 == 0 else "end", "palm", 1, k, 0.0, 0.9, [0, 0, 1, 1])])
+    st = s.stages["infer"]
+    assert len(st.recent) == WINDOW and st.count == 3 * WINDOW
+    assert s.percentiles_ms()["infer"]["mean"] == pytest.approx(4.5)
+    assert s.events == 3 * WINDOW and s.starts == {"palm": 3 * WINDOW // 2}
