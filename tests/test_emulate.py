@@ -257,3 +257,11 @@ def test_emulated_rows_merge_and_render() -> None:
     assert "pi5-emulated" not in main_table.split("\n\n")[2]  # the latency/accuracy table holds the host only
     assert "| pi5-emulated | det_int8.tflite | INT8 | 2.79 | 23.32 | 1.87 | 27.98 | 17% | 0.50 | 0.55 |" in instructions
     assert "not a latency" in instructions
+
+
+def test_a_crash_on_the_emulated_pi_is_one_error(tmp_path: Path) -> None:
+    if not sorted(pi.cache_root().glob("pi-userland-*/cpu/pi4")) or not pi.shutil.which("qemu-aarch64"):
+        pytest.skip("no emulated Pi userland built on this machine (deploy/rpi/ci_lane.sh builds it)")
+    with pytest.raises(HagridEdgeError, match=r"python -c: crashed on the emulated pi4 \(cortex-a72\) with SIGSEGV"):
+        pi.run(pi.CPUS["pi4"], ["python", "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"])
+    assert pi.run(pi.CPUS["pi4"], ["python", "-c", "import platform, sys; sys.exit(platform.machine() != 'aarch64')"]) == 0
