@@ -164,3 +164,11 @@ def test_eval_reference_needs_a_landmark_model(mini_root: Path, hand_detector: P
                                                capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", "--model", str(hand_detector), "--reference", str(full_model), "--data", str(mini_root)]) == 1
     assert "--reference" in capsys.readouterr().err
+
+
+def test_run_refuses_a_model_that_is_not_a_landmark_model(hand_detector: Path, crop_classifier: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["run", "--engine", str(hand_detector), "--source", str(DEFAULT_DATA / "hagrid_dataset_512"),
+               "--headless", "--landmarks", str(crop_classifier)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "not a hand landmark model" in err[0] and str(crop_classifier) in err[0]
