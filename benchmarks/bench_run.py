@@ -28,8 +28,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hagrid_edge.deploy.common.runner import RunOptions, Summary, run_loop
+from hagrid_edge.deploy.common.runner import RunOptions, run_loop
 from hagrid_edge.deploy.common.sources import open_source
+from hagrid_edge.deploy.common.summary import Summary
 from hagrid_edge.images import read_rgb
 from hagrid_edge.landmarks import DEFAULT_LANDMARKS, Landmarker, open_landmarker
 from hagrid_edge.paths import DEFAULT_DATA, DEFAULT_MODELS
