@@ -102,12 +102,13 @@ def _request(targets: list[Any], config: Any, frames: int, warmup: int, label: s
             "threads": 1, "label": label}
 
 
-def count_on(cpu: Any, targets: list[Any], config: Any, frames: int, warmup: int) -> tuple[dict, dict, list]:
+def count_on(cpu: Any, targets: list[Any], config: Any, frames: int, warmup: int,
+             host: str | None = None) -> tuple[dict, dict, list]:
     """(machine facts, run facts, rows) of one emulated CPU; a crash or failure is an error for the whole CPU."""
     from hagrid_edge.benchmarks.suite import _row
     from hagrid_edge.deploy.rpi import emulate as pi
 
-    label = f"{cpu.name}-emulated"
+    label = f"{host}-{cpu.name}-emulated" if host else f"{cpu.name}-emulated"
     counted = [t for t in targets if not t.latency_only and all(p.endswith(PI_SUFFIXES) for p in t.paths)]
     if not counted:
         raise HagridEdgeError(f"--emulate counts the Pi's runtime (LiteRT): give at least one "
@@ -131,7 +132,8 @@ def count_on(cpu: Any, targets: list[Any], config: Any, frames: int, warmup: int
                                           "accuracy": {}, "latency": {}, "memory": {},
                                           "instructions": instructions})))
     machine = {**guest["machine"], "label": label, "cpu": f"{cpu.qemu_cpu} (emulated: qemu-aarch64 user mode)",
-               "board": f"{cpu.board} userland (Debian 12 arm64, emulated)", "emulated": cpu.qemu_cpu}
+               "board": f"{cpu.board} userland (Debian 12 arm64, emulated)", "emulated": cpu.qemu_cpu,
+               "cores": cpu.cores, "usable_cores": 1}
     run = {"data": config.data, "data_name": Path(config.data).resolve().name, "split": config.split,
            "images": guest["frames"], "instructions": {"frames": guest["frames"], "warmup": warmup, "threads": 1},
            "command": "hagrid-edge " + shlex.join(sys.argv[1:])}
@@ -153,13 +155,14 @@ def attach_instruction_ratios(rows: list[dict[str, Any]], references: dict[str, 
 
 
 def emulated_reports(cpus: list[Any], targets: list[Any], config: Any, references: dict[str, str],
-                     frames: int = 8, warmup: int = 1, progress: Any = None) -> list[tuple[dict, dict, list]]:
-    """One (machine, run, rows) per emulated CPU."""
+                     frames: int = 8, warmup: int = 1, host: str | None = None,
+                     progress: Any = None) -> list[tuple[dict, dict, list]]:
+    """One (machine, run, rows) per emulated CPU, labelled ``pi5-emulated`` (``HOST-pi5-emulated`` with --machine)."""
     out = []
     for cpu in cpus:
         if progress:
             progress(f"bench: counting instructions on the emulated {cpu.name} ({cpu.qemu_cpu}) ...")
-        machine, run, rows = count_on(cpu, targets, config, frames, warmup)
+        machine, run, rows = count_on(cpu, targets, config, frames, warmup, host)
         attach_instruction_ratios(rows, references)
         out.append((machine, run, rows))
     return out

@@ -160,11 +160,15 @@ def _millions(value: Any) -> str:
     return "–" if value is None else f"{value / 1e6:.2f}"
 
 
-def _instruction_table(rows: list[dict[str, Any]]) -> list[str]:
+def emulated_machines(report: dict[str, Any]) -> set[str]:
+    return {label for label, m in report["machines"].items() if m.get("emulated")}
+
+
+def _instruction_table(rows: list[dict[str, Any]], emulated: set[str]) -> list[str]:
     """Instructions per frame on emulated CPUs, per stage; INT8 rows with their ratio to FP32."""
     from hagrid_edge.benchmarks.emulate import PROXY_NOTE
 
-    counted = [r for r in rows if r.get("instructions") or (r.get("error") and r["machine"].endswith("-emulated"))]
+    counted = [r for r in rows if r["machine"] in emulated]
     if not counted:
         return []
     header = ["device", "artifact", "precision", "pre M", "infer M", "post M", "total M", "pre+post share",
@@ -181,7 +185,8 @@ def _instruction_table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    rows = [r for r in report["rows"] if not r["machine"].endswith("-emulated")]
+    emulated = emulated_machines(report)
+    rows = [r for r in report["rows"] if r["machine"] not in emulated]
     header = ["device", "artifact", "kind", "format", "precision"] + [c for _, _, c in ACCURACY_COLUMNS] + [
         "Δ vs FP32", "infer ms p50 / p90 / p99", "e2e ms p50", "FPS", "× FP32 e2e", "size MB", "peak RSS MB", "note"]
     lines = ["# hagrid-edge benchmark", "",
@@ -194,7 +199,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     several = len(report["machines"]) > 1
     for task in ("gestures", "classify"):  # the hands task has one class: its AP is the hands mAP column
         lines += _per_class(rows, task, several)
-    lines += _instruction_table(report["rows"])
+    lines += _instruction_table(report["rows"], emulated)
     gate = report.get("gate")
     if gate:
         lines += ["", "## Gate", "", f"Baseline `{gate['baseline']}`: {gate['checks']} checks, "

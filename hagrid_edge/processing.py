@@ -16,6 +16,9 @@ import numpy as np
 
 from hagrid_edge.spec import ModelSpec, Quant
 
+# Bilinear resize with OpenCV's fixed-point, bit-exact implementation: the same pixels on x86 and Arm
+# (plain INTER_LINEAR rounds differently per SIMD path, and an INT8 model's scores follow the input).
+RESIZE = cv2.INTER_LINEAR_EXACT
 # torchvision's SSD keeps this many candidates per class before NMS.
 PRE_NMS_TOPK = 400
 # Slack (in logits) of the bound that picks the anchors worth scoring: far above float32 rounding.
@@ -64,7 +67,7 @@ def _scaled(frame: np.ndarray, geo: Geometry, interpolation: int) -> np.ndarray:
 
 
 def letterbox(frame: np.ndarray, width: int, height: int, pad_value: int = 114,
-              interpolation: int = cv2.INTER_LINEAR) -> tuple[np.ndarray, Geometry]:
+              interpolation: int = RESIZE) -> tuple[np.ndarray, Geometry]:
     """Scale ``frame`` to fit ``width`` x ``height`` keeping its aspect, centred on a ``pad_value`` canvas."""
     geo = fit(frame.shape[1], frame.shape[0], width, height, "letterbox")
     resized = _scaled(frame, geo, interpolation)
@@ -80,7 +83,7 @@ def resize_frame(frame: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, Geomet
     if spec.resize == "letterbox":
         return letterbox(frame, in_w, in_h, spec.pad_value)
     geo = fit(frame.shape[1], frame.shape[0], in_w, in_h, "stretch")
-    return _scaled(frame, geo, cv2.INTER_LINEAR), geo
+    return _scaled(frame, geo, RESIZE), geo
 
 
 def _normalisation_table(spec: ModelSpec) -> np.ndarray:

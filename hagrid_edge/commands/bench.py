@@ -120,7 +120,7 @@ def _bench(args: argparse.Namespace) -> dict:
         from hagrid_edge.benchmarks.emulate import emulated_reports
 
         for extra in emulated_reports(cpus, targets, config, references, frames=args.emulate_frames,
-                                      progress=lambda m: print(m, file=sys.stderr, flush=True)):
+                                      host=args.machine, progress=lambda m: print(m, file=sys.stderr, flush=True)):
             report.add_machine(rep, *extra)
     return rep
 
