@@ -16,9 +16,6 @@ import numpy as np
 
 from hagrid_edge.spec import ModelSpec, Quant
 
-# Bilinear resize with OpenCV's fixed-point, bit-exact implementation: the same pixels on x86 and Arm
-# (plain INTER_LINEAR rounds differently per SIMD path, and an INT8 model's scores follow the input).
-RESIZE = cv2.INTER_LINEAR_EXACT
 # torchvision's SSD keeps this many candidates per class before NMS.
 PRE_NMS_TOPK = 400
 # Slack (in logits) of the bound that picks the anchors worth scoring: far above float32 rounding.
@@ -60,15 +57,36 @@ def fit(frame_w: int, frame_h: int, input_w: int, input_h: int, resize: str) -> 
     return Geometry(frame_w, frame_h, input_w, input_h, new_w / frame_w, new_h / frame_h, pad_x, pad_y)
 
 
-def _scaled(frame: np.ndarray, geo: Geometry, interpolation: int) -> np.ndarray:
+def bilinear(frame: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Bilinear resize (pixel centres aligned, edges replicated) that gives the same pixels on every CPU.
+
+    OpenCV's warpAffine interpolates in fixed point, so x86 and Arm agree to the bit; cv2.resize's
+    INTER_LINEAR rounds differently per SIMD path (an INT8 model's scores follow its input), and
+    INTER_LINEAR_EXACT agrees too but executes twice the instructions on a Pi.
+    """
+    fh, fw = frame.shape[:2]
+    sx, sy = fw / width, fh / height
+    to_source = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
+    return cv2.warpAffine(frame, to_source, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def _scaled(frame: np.ndarray, geo: Geometry, interpolation: int | None) -> np.ndarray:
     fh, fw = frame.shape[:2]
     new_w, new_h = round(fw * geo.scale_x), round(fh * geo.scale_y)
-    return frame if (new_w, new_h) == (fw, fh) else cv2.resize(frame, (new_w, new_h), interpolation=interpolation)
+    if (new_w, new_h) == (fw, fh):
+        return frame
+    if interpolation is None:
+        return bilinear(frame, new_w, new_h)
+    return cv2.resize(frame, (new_w, new_h), interpolation=interpolation)
 
 
 def letterbox(frame: np.ndarray, width: int, height: int, pad_value: int = 114,
-              interpolation: int = RESIZE) -> tuple[np.ndarray, Geometry]:
-    """Scale ``frame`` to fit ``width`` x ``height`` keeping its aspect, centred on a ``pad_value`` canvas."""
+              interpolation: int | None = None) -> tuple[np.ndarray, Geometry]:
+    """Scale ``frame`` to fit ``width`` x ``height`` keeping its aspect, centred on a ``pad_value`` canvas.
+
+    ``interpolation``: an OpenCV flag for cv2.resize; None is ``bilinear`` (what models see).
+    """
     geo = fit(frame.shape[1], frame.shape[0], width, height, "letterbox")
     resized = _scaled(frame, geo, interpolation)
     out = np.full((height, width, *frame.shape[2:]), pad_value, dtype=frame.dtype)
@@ -83,11 +101,11 @@ def resize_frame(frame: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, Geomet
     if spec.resize == "letterbox":
         return letterbox(frame, in_w, in_h, spec.pad_value)
     geo = fit(frame.shape[1], frame.shape[0], in_w, in_h, "stretch")
-    return _scaled(frame, geo, RESIZE), geo
+    return _scaled(frame, geo, None), geo
 
 
 def _normalisation_table(spec: ModelSpec) -> np.ndarray:
-    """The input tensor's value for every uint8 pixel value, per channel: shape (256, 1, 3).
+    """The input tensor's value for every uint8 pixel value: shape (256,), or (256, 1, 3) per channel.
 
     Normalisation and input quantization are per-pixel functions of a uint8 value, so the whole
     chain ``quantize((x - mean) / std)`` is computed once for the 256 values (with the same float32
@@ -106,7 +124,8 @@ def _table(key: tuple) -> np.ndarray:
     table = (values - np.asarray(mean, np.float32)[order]) / np.asarray(std, np.float32)[order]
     if dtype in ("int8", "uint8"):
         table = Quant(quant[0], quant[1], dtype).quantize(table)
-    table = np.ascontiguousarray(table.reshape(256, 1, 3))
+    same = bool((table == table[:, :1]).all())  # one table for all channels: OpenCV's faster 1-channel lookup
+    table = np.ascontiguousarray(table[:, 0] if same else table.reshape(256, 1, 3))
     table.setflags(write=False)
     return table
 
@@ -116,7 +135,7 @@ def to_tensor(images: np.ndarray, spec: ModelSpec) -> np.ndarray:
     n, h, w = images.shape[:3]
     x = images[..., ::-1] if spec.color == "BGR" else images
     table = _normalisation_table(spec)  # int8, uint8 or float32: OpenCV's LUT gives the table's type
-    flat = np.ascontiguousarray(x).reshape(n * h, w, 3)
+    flat = np.ascontiguousarray(x).reshape((n * h, w * 3) if table.ndim == 1 else (n * h, w, 3))
     x = cv2.LUT(flat, table).reshape(n, h, w, 3) if flat.size else np.zeros(x.shape, table.dtype)
     if spec.layout == "NCHW":
         x = x.transpose(0, 3, 1, 2)
