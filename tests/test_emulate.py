@@ -265,3 +265,31 @@ def test_a_crash_on_the_emulated_pi_is_one_error(tmp_path: Path) -> None:
     with pytest.raises(HagridEdgeError, match=r"python -c: crashed on the emulated pi4 \(cortex-a72\) with SIGSEGV"):
         pi.run(pi.CPUS["pi4"], ["python", "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"])
     assert pi.run(pi.CPUS["pi4"], ["python", "-c", "import platform, sys; sys.exit(platform.machine() != 'aarch64')"]) == 0
+
+
+PREPROCESS_HASH = """
+import hashlib, sys
+from hagrid_edge.data.annotations import load_split
+from hagrid_edge.images import read_rgb
+from hagrid_edge.processing import crop_inputs, preprocess
+from hagrid_edge.spec import resolve_spec
+det, cls = resolve_spec(sys.argv[2]), resolve_spec(sys.argv[3])
+h = hashlib.sha256()
+for s in load_split(sys.argv[1], "val")[:6]:
+    f = read_rgb(s.image_path)
+    h.update(preprocess(f, det)[0].tobytes())
+    h.update(crop_inputs(f, s.boxes_xyxy(f.shape[1], f.shape[0]), cls).tobytes())
+print(h.hexdigest())
+"""
+
+
+def test_preprocessing_is_bit_identical_on_the_emulated_pi(mini_root: Path) -> None:
+    """The same model inputs on Arm as on x86 (so the lane can compare figures exactly)."""
+    if not sorted(pi.cache_root().glob("pi-userland-*/cpu/pi5")) or not pi.shutil.which("qemu-aarch64"):
+        pytest.skip("no emulated Pi userland built on this machine (deploy/rpi/ci_lane.sh builds it)")
+    models = REPO_ROOT / "assets" / "models"
+    args = [str(mini_root.resolve()), str(models / "hand_detector_int8.tflite"), str(models / "crops_classifier_int8.tflite")]
+    host = subprocess.run([sys.executable, "-c", PREPROCESS_HASH, *args], capture_output=True, text=True, check=True)
+    guest = subprocess.run([sys.executable, "-m", "hagrid_edge.deploy.rpi.emulate", "--cpu", "pi5", "--", "python",
+                            "-c", PREPROCESS_HASH, *args], capture_output=True, text=True, check=True, timeout=300)
+    assert guest.stdout.split() == host.stdout.split() and len(host.stdout.strip()) == 64

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -165,3 +166,18 @@ def test_candidate_rows_keep_every_anchor_that_can_pass(int8_detector_logits, ac
                 selective.append(len(rows) / len(logits))
     assert max(selective or [0]) < 0.05  # at the shipped threshold only a few anchors are scored
     assert len(candidate_rows(int8_detector_logits[0], activation, 1, 0.0)) == len(int8_detector_logits[0])
+
+
+def test_bilinear_is_opencvs_bilinear(val_samples) -> None:
+    """warpAffine's fixed-point bilinear: within one grey level of cv2.resize's bit-exact bilinear, both ways."""
+    from hagrid_edge.processing import bilinear
+
+    frame = read_rgb(val_samples[0].image_path)
+    for w, h in ((320, 240), (320, 427), (128, 128)):
+        ours = bilinear(frame, w, h)
+        ref = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR_EXACT)
+        assert ours.shape == ref.shape and ours.dtype == np.uint8
+        assert np.abs(ours.astype(int) - ref).max() <= 1 and (ours == ref).mean() > 0.9
+    crop = frame[100:140, 200:230]  # a small hand-sized crop, upscaled as crop classifiers do
+    ours, ref = bilinear(crop, 128, 128), cv2.resize(crop, (128, 128), interpolation=cv2.INTER_LINEAR_EXACT)
+    assert np.abs(ours.astype(int) - ref).max() <= 2 and np.abs(ours.astype(int) - ref).mean() < 0.5
