@@ -175,7 +175,7 @@ def ensure_host_tools(tools: dict[str, str]) -> None:
                               f"(apt-get install {' '.join(missing)}) or run this as root to let it do so")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     _run("apt-get update", ["apt-get", "update", "-q"], env=env)
-    _run(f"apt-get install {' '.join(missing)}", ["apt-get", "install", "-y", "-q", "--no-install-recommends",
+    _run(f"apt-get install {' '.join(missing)}", ["apt-get", "install", "-y", "-q",
                                                   *missing], env=env)
     still = sorted(cmd for cmd in tools if shutil.which(cmd) is None)
     if still:
