@@ -18,7 +18,7 @@ from hagrid_edge.commands.calibrate import default_data, default_model
 from hagrid_edge.quantize.calib_data import calibration_batches
 from hagrid_edge.quantize.choices import METHODS
 from hagrid_edge.quantize.onnx_int8 import collect_ranges, quantize_qdq
-from hagrid_edge.quantize.orchestrator import Options, prepare_fp32
+from hagrid_edge.quantize.orchestrator import prepare_fp32
 
 TARGET_S = 120.0
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     model, data = args.model or default_model(), args.data or default_data()
 
-    fp32, spec, _ = prepare_fp32(Options(model=model, data=data, out=Path(".")))
+    fp32, spec, _ = prepare_fp32(model, None)
     t0 = time.perf_counter()
     inputs, stats = calibration_batches(data, spec, args.limit)
     read_s = time.perf_counter() - t0

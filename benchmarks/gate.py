@@ -19,14 +19,15 @@ from hagrid_edge.paths import read_json
 BASELINE_SCHEMA = "hagrid-edge.bench-baseline"
 BASELINE_VERSION = 1
 # Points (percent) an accuracy may fall below baseline; points an INT8 artifact may lose against its
-# FP32 source in the headline metric (mAP50-95, the one the quantize guard holds; F1 for classifiers;
-# mAP50 of every row is held by the baseline margin instead, since on a small val set a few boxes
-# move it by points); how many times slower than its FP32 source an INT8 artifact may be (end-to-end,
-# the fastest timed run of each, both from the same run).
+# FP32 source, in mAP50-95 and mAP50 (detectors, pairs) or F1 (classifiers), on the run's photos; how
+# many times slower than its FP32 source an INT8 artifact may be (end-to-end, the fastest timed run of
+# each, both from the same run). On x86, ONNX Runtime's QDQ models of these small networks are not
+# faster than FP32 (the crop classifier's is about 3x slower): the ratio catches gross regressions
+# only, and the speed of INT8 on a board is measured on the board (or its emulated instruction count).
 DEFAULT_LIMITS: dict[str, Any] = {
     "accuracy_margin": 1.0,
-    "int8_max_drop": {"mAP50_95": 2.0, "f1": 2.0},
-    "int8_max_latency_ratio": 3.0,
+    "int8_max_drop": {"mAP50_95": 2.0, "mAP50": 2.0, "f1": 2.0},
+    "int8_max_latency_ratio": 4.0,
 }
 
 

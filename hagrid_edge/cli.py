@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from hagrid_edge import __version__
@@ -59,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     except HagridEdgeError as e:
         print(f"hagrid-edge {args.command}: error: {e}", file=sys.stderr)
         return 1
-    except BrokenPipeError:  # output piped into e.g. `head`, which closed early
-        sys.stderr.close()
-        return 0
+    except BrokenPipeError:  # output piped into e.g. `head`, which closed early: not a success
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot raise again
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by a closed pipe
     except KeyboardInterrupt:
         print(f"hagrid-edge {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -1,5 +1,7 @@
 """HaGRID label vocabularies."""
 
+from __future__ import annotations
+
 # HaGRID's 18 gestures (HaGRID 1.0 and the 512-px 2.0 release used here).
 GESTURES: tuple[str, ...] = (
     "call", "dislike", "fist", "four", "like", "mute", "ok", "one", "palm", "peace",

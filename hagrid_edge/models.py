@@ -10,6 +10,8 @@ and ``init:`` in a training config points at a local checkpoint.
 
 from __future__ import annotations
 
+import os
+import pickle
 import re
 from dataclasses import dataclass
 from functools import partial
@@ -38,6 +40,8 @@ CLASSIFIERS = MOBILENETS + RESNETS
 MODEL_NAMES = DETECTORS + CLASSIFIERS
 DETECTOR_MODES = {"gestures": DETECTOR_CLASSES, "hands": (HAND,)}
 CHECKPOINT_FORMAT = "hagrid_edge.checkpoint"
+# Set to 1 to unpickle a trusted checkpoint fully (it may then run code); otherwise tensors and plain data only.
+TRUSTED_CHECKPOINTS_ENV = "HAGRID_EDGE_TRUSTED_CHECKPOINTS"
 # SSD box coder weights (torchvision's SSD); the spec carries them to the host decoder.
 BOX_CODER_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
 
@@ -183,12 +187,23 @@ def model_spec(cfg: ModelConfig, model: nn.Module, provenance: dict[str, Any] | 
 
 # ---- checkpoints -------------------------------------------------------------------------------
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint file as a dict, with one clear error for a missing or unreadable file."""
+    """A checkpoint file as a dict, with one clear error for a missing or unreadable file.
+
+    Only tensors and plain data are unpickled (``weights_only``): a checkpoint can run code when fully
+    unpickled. A trusted checkpoint that holds other objects loads with ``TRUSTED_CHECKPOINTS_ENV=1``.
+    """
     path = Path(path)
     if not path.is_file():
         raise HagridEdgeError(f"{path}: no such checkpoint")
+    trusted = os.environ.get(TRUSTED_CHECKPOINTS_ENV) == "1"
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        payload = torch.load(path, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # a damaged file, not a pickle of objects
+            raise HagridEdgeError(f"{path}: not a readable PyTorch checkpoint (UnpicklingError)") from None
+        # a readable pickle with objects weights_only will not build
+        raise HagridEdgeError(f"{path}: holds objects beyond tensors and plain data; if you trust the file, "
+                              f"load it with {TRUSTED_CHECKPOINTS_ENV}=1") from None
     except Exception as e:  # torch raises pickle, zip and runtime errors for damaged files
         raise HagridEdgeError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(payload, dict):

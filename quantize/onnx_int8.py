@@ -202,9 +202,18 @@ def float_head_outputs(qdq: onnx.ModelProto, heads: set[str]) -> onnx.ModelProto
     return qdq
 
 
-def quantizable_nodes(model: onnx.ModelProto) -> list[str]:
-    """Names of the nodes ``quantize_qdq`` would quantize (the candidates for keeping in float)."""
-    return [n.name for n in model.graph.node if n.op_type in QUANTIZED_OPS and n.name]
+def layer_units(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Compute node name -> that node plus the Relu(s) that consume only its output (one layer)."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    units = {}
+    for n in model.graph.node:
+        if n.op_type in COMPUTE_OPS:
+            after = consumers.get(n.output[0], [])
+            units[n.name] = [n.name] + [c.name for c in after if c.op_type == "Relu" and len(after) == 1]
+    return units
 
 
 def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:

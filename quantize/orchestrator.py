@@ -1,40 +1,60 @@
-"""``calibrate``: one calibration pass over the HaGRID subsample, then every requested INT8/FP16 target.
+"""``calibrate``: one calibration pass per model over the HaGRID subsample, then every requested target.
 
-Flow: resolve the model's spec -> cut decode + NMS out of the graph when they are inside -> opset >= 13
--> FP32 compute model written beside the artifacts -> calibration inputs through the spec's
-preprocessing -> activation ranges collected once -> per target: QDQ ONNX (with the accuracy guard
-and mixed precision), TensorRT cache, TFLite INT8 / FP16 (``hagrid_edge.quantize.tflite_export``).
-A target that fails is recorded in the report with its error; the others still run.
+Flow per model (the detector, and the crop classifier behind it when ``--classifier`` is given):
+resolve its spec -> cut decode + NMS out of the graph when they are inside -> opset >= 13 -> FP32
+compute model written beside the artifacts -> calibration inputs through the spec's preprocessing
+-> activation ranges collected once -> per target: QDQ ONNX, TensorRT cache, TFLite INT8 / FP16.
+
+The guard chooses float layers on the tune photos and the report gives figures on other photos
+(``photo_sets``): the detector on its own task, the classifier in the two-stage pipeline behind the
+detector's INT8 form of the same format (each stage is held to the limits for what it adds: the
+classifier's reference is its FP32 form behind that INT8 detector), then the whole INT8 pair is
+reported against the FP32 pair. Every
+target runs behind the same failure wrapper: a target that fails is recorded in the report with its
+error, the others still run.
 """
 
 from __future__ import annotations
 
-import importlib
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 
+from hagrid_edge.data.annotations import Sample
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.quantize import calib_data, onnx_int8, trt_cache
-from hagrid_edge.quantize.accuracy import Score, Scorer
+from hagrid_edge.quantize.accuracy import (
+    PipelineFactory,
+    Score,
+    Scorer,
+    classifier_alone,
+    detector_pipeline,
+    fp32_truth,
+    guard_task,
+    paired_pipeline,
+)
+from hagrid_edge.quantize.candidates import Candidate, Candidates, OnnxCandidates
 from hagrid_edge.quantize.choices import (
     DEFAULT_MAX_DROP,
     DEFAULT_METHOD,
+    DEFAULT_MIN_AGREEMENT,
     DEFAULT_TRT_VERSION,
     METHODS,
     TARGETS,
 )
 from hagrid_edge.quantize.graph_cut import fix_batch, load_model, save_onnx_with_spec, split_detector
-from hagrid_edge.quantize.report import Report, TargetResult
-from hagrid_edge.quantize.sensitivity import layer_units, mixed_precision
+from hagrid_edge.quantize.photo_sets import PhotoSet, photo_sets
+from hagrid_edge.quantize.report import PairResult, Report, StageReport, TargetResult
+from hagrid_edge.quantize.sensitivity import Limits, mixed_precision
 from hagrid_edge.spec import ModelSpec, resolve_spec, sha256_file
 
-TFLITE_MODULE = "hagrid_edge.quantize.tflite_export"
 CHECKPOINTS = (".pt", ".pth")
+INT8_FORMATS = ("onnx-int8", "tflite-int8")  # the targets a two-stage pipeline is guarded and reported in
 
 
 @dataclass
@@ -45,16 +65,39 @@ class Options:
     targets: tuple[str, ...] = TARGETS
     method: str = DEFAULT_METHOD
     max_drop: float = DEFAULT_MAX_DROP
+    min_agreement: float = DEFAULT_MIN_AGREEMENT
     limit: int | None = None
     spec_file: Path | None = None
+    classifier: Path | None = None
+    classifier_spec: Path | None = None
     trt_version: str = DEFAULT_TRT_VERSION
     eval_limit: int | None = None
     threads: int | None = None
     guard: bool = True
 
 
-def _size(path: Path) -> int:
-    return path.stat().st_size if path.is_file() else 0
+@dataclass
+class Stage:
+    """One model of the pipeline: its FP32 compute graph, calibration and guard measures."""
+
+    role: str  # "detector" or "classifier"
+    source: Path
+    fp32: onnx.ModelProto
+    spec: ModelSpec
+    info: dict
+    fp32_path: Path
+    inputs: list[np.ndarray]
+    calib_photos: list[Sample]
+    calibration: dict
+    ranges: object
+    calib_seconds: float
+    scorers: dict[str, Scorer] = field(default_factory=dict)  # photo set name -> scorer (standalone stages)
+    reference: dict[str, Score] = field(default_factory=dict)  # photo set name -> FP32 score
+    chosen: dict[str, Candidate] = field(default_factory=dict)  # INT8 target -> artifact written
+
+    @property
+    def fp32_candidate(self) -> Candidate:
+        return Candidate(self.fp32_path, self.spec, [])
 
 
 def _exported(checkpoint: Path, tmp: Path) -> Path:
@@ -68,30 +111,59 @@ def _exported(checkpoint: Path, tmp: Path) -> Path:
     return out
 
 
-def prepare_fp32(opts: Options) -> tuple[onnx.ModelProto, ModelSpec, dict]:
+def prepare_fp32(source: Path, spec_file: Path | None, option: str = "--model"
+                 ) -> tuple[onnx.ModelProto, ModelSpec, dict]:
     """The FP32 compute graph (decode + NMS cut out, opset >= 13, nodes named) and its spec."""
-    suffix = opts.model.suffix.lower()
+    suffix = source.suffix.lower()
     if suffix in CHECKPOINTS:
         with tempfile.TemporaryDirectory(prefix="hagrid-export.") as tmp:
-            source = _exported(opts.model, Path(tmp))
-            model, spec = load_model(source), resolve_spec(source)
+            exported = _exported(source, Path(tmp))
+            model, spec = load_model(exported), resolve_spec(exported)
     elif suffix == ".onnx":
-        spec = resolve_spec(opts.model, opts.spec_file)
-        model = load_model(opts.model)
+        if not source.is_file():
+            raise HagridEdgeError(f"{option} {source}: no such file")
+        spec = resolve_spec(source, spec_file)
+        model = load_model(source)
     else:
-        raise HagridEdgeError(f"--model {opts.model}: calibrate takes an FP32 .onnx or a training checkpoint "
+        raise HagridEdgeError(f"{option} {source}: calibrate takes an FP32 .onnx or a training checkpoint "
                               f"({', '.join(CHECKPOINTS)})")
-    info: dict = {"source": str(opts.model), "source_sha256": sha256_file(opts.model),
+    info: dict = {"source": str(source), "source_sha256": sha256_file(source),
                   "source_opset": onnx_int8.opset_of(model), "graph_cut": False}
     if spec.outputs == "nms":
         model, spec = split_detector(model, spec)
         info["graph_cut"] = True
-    model = onnx_int8.name_nodes(onnx_int8.upgrade_opset(model, str(opts.model)))
-    onnx_int8.check_supported_ops(model, str(opts.model))
+    model = onnx_int8.name_nodes(onnx_int8.upgrade_opset(model, str(source)))
+    onnx_int8.check_supported_ops(model, str(source))
     info["opset"] = onnx_int8.opset_of(model)
     spec = ModelSpec.from_dict({**spec.to_dict(), "provenance": {
         **spec.provenance, "source_sha256": info["source_sha256"], "precision": "fp32"}})
     return model, spec, info
+
+
+def _check_pair(det: ModelSpec, cls: ModelSpec, opts: Options) -> None:
+    if det.task != "detector":
+        raise HagridEdgeError(f"--model {opts.model}: a crop classifier needs a hand detector in front of it "
+                              f"(this model's spec says {det.task})")
+    if cls.task != "classifier" or cls.crop is None:
+        kind = "a full-frame classifier" if cls.task == "classifier" else f"a {cls.task}"
+        raise HagridEdgeError(f"--classifier {opts.classifier}: not a hand-crop classifier ({kind}); "
+                              "the two-stage pipeline runs a crop classifier on each detected hand")
+
+
+def _stage(opts: Options, source: Path, spec_file: Path | None, option: str) -> Stage:
+    fp32, spec, info = prepare_fp32(source, spec_file, option)
+    samples, _ = calib_data.subsample(opts.data, opts.limit)
+    inputs, stats = calib_data.calibration_batches(opts.data, spec, opts.limit)
+    t0 = time.perf_counter()
+    ranges = onnx_int8.collect_ranges(fp32, spec.input_name, inputs, opts.method)
+    calib_seconds = round(time.perf_counter() - t0, 2)
+    calibration = {"method": opts.method, "data": str(opts.data), "split": calib_data.SPLIT,
+                   "images": stats.used, "skipped": stats.skipped, "skipped_files": stats.skipped_files,
+                   "inputs": stats.inputs, "tensors": len(ranges.data), "seconds": calib_seconds}
+    fp32_path = save_onnx_with_spec(fp32, spec, opts.out / f"{source.stem}_fp32.onnx")
+    role = "classifier" if spec.task == "classifier" else "detector"
+    readable = [s for s in samples if str(s.image_path) not in stats.skipped_files]
+    return Stage(role, source, fp32, spec, info, fp32_path, inputs, readable, calibration, ranges, calib_seconds)
 
 
 def _with_calibration(spec: ModelSpec, precision: str, calibration: dict, **extra) -> ModelSpec:
@@ -99,62 +171,166 @@ def _with_calibration(spec: ModelSpec, precision: str, calibration: dict, **extr
         **spec.provenance, "precision": precision, "calibration": calibration, **extra}})
 
 
-def _onnx_int8(opts: Options, fp32: onnx.ModelProto, spec: ModelSpec, ranges, inputs: list[np.ndarray],
-               scorer: Scorer | None, reference: Score | None, calibration: dict, path: Path) -> TargetResult:
+def _attempt(result: TargetResult, build: Callable[[], None]) -> TargetResult:
+    """Run one target; a failure is recorded on its result (one line) and the other targets still run."""
     t0 = time.perf_counter()
-    qdq = onnx_int8.quantize_qdq(fp32, ranges, opts.method)
-    result = TargetResult("onnx-int8", path)
-    if scorer is not None and reference is not None:
-        first = scorer.score_model(qdq)
-        guard = mixed_precision(fp32, ranges, opts.method, spec.input_name, inputs, scorer, reference,
-                                (qdq, first), opts.max_drop)
-        qdq, result.score, result.within = guard.model, guard.score, guard.within
-        result.float_layers, result.trials = guard.float_layers, guard.trials
-        result.sensitivity = guard.sensitivity[:10]
-    units = layer_units(fp32)
-    result.float_nodes = onnx_int8.float_layers(qdq)
-    out_spec = _with_calibration(spec, "int8", calibration, float_layers=result.float_layers,
-                                 quantization={"format": "QDQ", "weights": "int8 per-channel symmetric",
-                                               "activations": "int8 symmetric", "int8_layers":
-                                               len(units) - len(result.float_layers)})
-    save_onnx_with_spec(qdq, out_spec, path)
-    result.seconds = round(time.perf_counter() - t0, 2)
-    return result
-
-
-def _trt_cache(opts: Options, fp32: onnx.ModelProto, ranges, float_layers: list[str], path: Path,
-               fp32_path: Path) -> TargetResult:
-    """The cache for implicit INT8 from the FP32 graph; inputs of layers kept in float get no scale,
-    so TensorRT runs those layers in FP16/FP32 too."""
-    t0 = time.perf_counter()
-    nodes = {n.name: n for n in fp32.graph.node}
-    skip = {i for name in float_layers for i in nodes[name].input[:1]}
-    kept = type(ranges)(ranges.calibration_method, {k: v for k, v in ranges.data.items() if k not in skip})
-    cache = trt_cache.write_cache(path, kept, opts.method, opts.trt_version)
-    result = TargetResult("trt-cache", path, seconds=round(time.perf_counter() - t0, 2))
-    result.notes = (f"{len(cache.scales)} tensor scales, header TRT-{cache.version_tag}-{cache.algorithm} "
-                    f"(build_engine.py retags it for the device's TensorRT); for {fp32_path.name}")
-    return result
-
-
-def _tflite(opts: Options, mode: str, fp32: onnx.ModelProto, spec: ModelSpec, inputs: list[np.ndarray],
-            path: Path, scorer: Scorer | None, reference: Score | None) -> TargetResult:
-    """A TFLite target from the FP32 compute graph with its batch pinned to 1 (what a TFLite file runs)."""
-    target = f"tflite-{mode}"
-    t0 = time.perf_counter()
-    result = TargetResult(target, path)
     try:
-        module = importlib.import_module(TFLITE_MODULE)
-        with tempfile.TemporaryDirectory(prefix="hagrid-tflite-src.") as tmp:
-            src = save_onnx_with_spec(fix_batch(fp32, 1), spec, Path(tmp) / f"{opts.model.stem}_fp32.onnx")
-            out_spec = module.export_tflite(src, spec, inputs, path, mode)
-        if scorer is not None and reference is not None:
-            result.score = scorer.score(path, out_spec)
-            result.within = reference.value - result.score.value <= opts.max_drop
-    except Exception as e:  # a failed converter must not take the other targets down
-        result.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        build()
+    except Exception as e:  # a failed converter or quantizer must not take the other targets down
+        text = str(e).strip()
+        result.error = f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
     result.seconds = round(time.perf_counter() - t0, 2)
+    result.size = result.path.stat().st_size if result.path.is_file() else 0
     return result
+
+
+class Calibration:
+    """One ``calibrate`` run: the stages, the photo sets, and every target's result."""
+
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.limits = Limits(opts.max_drop, opts.min_agreement)
+        self.sets: dict[str, PhotoSet] = {}
+        self.truth: dict[tuple[str, str], list] = {}  # (pipeline, photo set) -> FP32 detections
+
+    # ---- guard measures ------------------------------------------------------------------------
+    def _truth(self, key: str, photos: PhotoSet, make: PipelineFactory, fp32: Candidate) -> list:
+        if (key, photos.name) not in self.truth:
+            self.truth[key, photos.name] = fp32_truth(photos, make, fp32.path, fp32.spec)
+        return self.truth[key, photos.name]
+
+    def standalone_scorer(self, stage: Stage, photos: PhotoSet) -> Scorer:
+        """The stage's model on its own: a detector on its task, a classifier on the annotated hands."""
+        if photos.name not in stage.scorers:
+            task = guard_task(stage.spec)
+            if task == "classify":
+                stage.scorers[photos.name] = Scorer(photos, task, classifier_alone(self.opts.threads))
+            else:
+                make = detector_pipeline(self.opts.threads)
+                truth = self._truth(stage.role, photos, make, stage.fp32_candidate)
+                stage.scorers[photos.name] = Scorer(photos, task, make, truth)
+            stage.reference[photos.name] = stage.scorers[photos.name].score(stage.fp32_path, stage.spec)
+        return stage.scorers[photos.name]
+
+    def pair_scorer(self, det: Stage, det_artifact: Candidate, cls: Stage, photos: PhotoSet) -> Scorer:
+        """Any classifier artifact behind ``det_artifact``, against the FP32 pair's own gestures."""
+        truth = self._truth("pair", photos, paired_pipeline(det.fp32_path, det.spec, self.opts.threads),
+                            cls.fp32_candidate)
+        return Scorer(photos, "gestures", paired_pipeline(det_artifact.path, det_artifact.spec, self.opts.threads),
+                      truth)
+
+    def pair_reference(self, det: Stage, cls: Stage, photos: PhotoSet) -> Score:
+        key = f"pair-reference-{photos.name}"
+        if key not in cls.reference:
+            cls.reference[key] = self.pair_scorer(det, det.fp32_candidate, cls, photos).score(cls.fp32_path, cls.spec)
+        return cls.reference[key]
+
+    # ---- one INT8 target of one stage --------------------------------------------------------------
+    def guarded(self, stage: Stage, cands: Candidates, result: TargetResult, partner: Stage | None) -> Candidate:
+        """The candidate to ship: guarded on the tune photos (in the pair behind ``partner``'s INT8 form of
+        the same target when ``stage`` is the classifier), scored on the report photos."""
+        if not self.opts.guard:
+            return cands.build()
+        tune, report = self.sets["tune"], self.sets["report"]
+        if partner is not None:
+            det_int8 = partner.chosen.get(cands.target)
+            if det_int8 is None:
+                raise HagridEdgeError(f"the detector's {cands.target} failed, so the classifier cannot be guarded "
+                                      "in the pipeline")
+            # the classifier answers for what it adds: the reference is its FP32 form behind the same INT8 detector
+            scorer = self.pair_scorer(partner, det_int8, stage, tune)
+            reference = scorer.score(stage.fp32_path, stage.spec)
+            result.baseline = reference
+        else:
+            scorer = self.standalone_scorer(stage, tune)
+            reference = stage.reference["tune"]
+        guard = mixed_precision(cands, stage.fp32_candidate, stage.calib_photos, scorer, reference, self.limits)
+        result.tune, result.within, result.trials = guard.score, guard.within, guard.trials
+        result.float_layers, result.sensitivity = guard.candidate.float_layers, guard.sensitivity[:10]
+        if partner is None:
+            result.report = self.standalone_scorer(stage, report).score(guard.candidate.path, guard.candidate.spec)
+        return guard.candidate
+
+    def onnx_int8(self, stage: Stage, partner: Stage | None, work: Path) -> TargetResult:
+        path = self.opts.out / f"{stage.source.stem}_int8.onnx"
+        result = TargetResult("onnx-int8", path)
+
+        def build() -> None:
+            cands = OnnxCandidates(stage.fp32, stage.spec, stage.ranges, self.opts.method, work)
+            chosen = self.guarded(stage, cands, result, partner)
+            spec = _with_calibration(stage.spec, "int8", stage.calibration, float_layers=chosen.float_layers,
+                                     quantization={"format": "QDQ", "weights": "int8 per-channel symmetric",
+                                                   "activations": "int8 symmetric",
+                                                   "int8_layers": len(cands.units) - len(chosen.float_layers)})
+            qdq = onnx.load(str(chosen.path))
+            result.float_nodes = onnx_int8.float_layers(qdq)
+            save_onnx_with_spec(qdq, spec, path)
+            stage.chosen["onnx-int8"] = Candidate(path, spec, chosen.float_layers)
+        return _attempt(result, build)
+
+    def trt_cache(self, stage: Stage) -> TargetResult:
+        """The cache for implicit INT8 from the FP32 graph; inputs of layers kept in float get no scale,
+        so TensorRT runs those layers in FP16/FP32 too."""
+        path = self.opts.out / f"{stage.source.stem}_int8.calib"
+        result = TargetResult("trt-cache", path)
+
+        def build() -> None:
+            chosen = stage.chosen.get("onnx-int8")
+            float_layers = chosen.float_layers if chosen else []
+            nodes = {n.name: n for n in stage.fp32.graph.node}
+            skip = {i for name in float_layers for i in nodes[name].input[:1]}
+            ranges = stage.ranges
+            kept = type(ranges)(ranges.calibration_method, {k: v for k, v in ranges.data.items() if k not in skip})
+            cache = trt_cache.write_cache(path, kept, self.opts.method, self.opts.trt_version)
+            result.notes = (f"{len(cache.scales)} tensor scales, header TRT-{cache.version_tag}-{cache.algorithm} "
+                            f"(build_engine.py retags it for the device's TensorRT); for {stage.fp32_path.name}")
+        return _attempt(result, build)
+
+    def tflite(self, stage: Stage, partner: Stage | None, modes: list[str], work: Path) -> list[TargetResult]:
+        """TFLite targets from one onnx2tf conversion of the FP32 compute graph (batch pinned to 1)."""
+        from hagrid_edge.quantize.tflite_export import TFLiteConversion
+
+        results = [TargetResult(f"tflite-{m}", self.opts.out / f"{stage.source.stem}_{m}.tflite") for m in modes]
+        holder: dict[str, TFLiteConversion] = {}
+
+        def convert() -> TFLiteConversion:
+            if "conv" not in holder:
+                src = save_onnx_with_spec(fix_batch(stage.fp32, 1), stage.spec, work / f"{stage.source.stem}_b1.onnx")
+                log = self.opts.out / f"{stage.source.stem}.tflite.convert.log"
+                holder["conv"] = TFLiteConversion(src, stage.spec, stage.inputs, work, log)
+            return holder["conv"]
+
+        for mode, result in zip(modes, results, strict=True):
+            def build(mode: str = mode, result: TargetResult = result) -> None:
+                conv = convert()
+                # made from the FP32 artifact written beside it (the batch-1 copy is only the converter's input)
+                source = {"source_sha256": sha256_file(stage.fp32_path), "source_file": stage.fp32_path.name}
+                if mode == "fp16":
+                    spec = conv.write(conv.float16, result.path, {**conv.provenance("fp16"), **source})
+                    if self.opts.guard and partner is None:
+                        result.report = self.standalone_scorer(stage, self.sets["report"]).score(result.path, spec)
+                    return
+                chosen = self.guarded(stage, conv.int8_candidates(), result, partner)
+                prov = conv.provenance("int8", len(stage.inputs), chosen.float_layers)
+                spec = conv.write(chosen.path, result.path, {**prov, **source, "calibration": stage.calibration})
+                stage.chosen["tflite-int8"] = Candidate(result.path, spec, chosen.float_layers)
+            _attempt(result, build)
+        return results
+
+    # ---- the whole pipeline ------------------------------------------------------------------------
+    def pair(self, det: Stage, cls: Stage, target: str) -> PairResult:
+        """The INT8 pair of one format against the FP32 pair, on the tune and the report photos."""
+        d, c = det.chosen.get(target), cls.chosen.get(target)
+        result = PairResult(target, d.path if d else None, c.path if c else None)
+        if d is None or c is None:
+            result.error = f"no {target} artifact for the " + ("detector" if d is None else "classifier")
+            return result
+        for name, photos in self.sets.items():
+            reference = self.pair_reference(det, cls, photos)
+            score = self.pair_scorer(det, d, cls, photos).score(c.path, c.spec)
+            result.scores[name] = (reference, score)
+        result.within = self.limits.holds(*result.scores["report"])
+        return result
 
 
 def calibrate(opts: Options) -> Report:
@@ -164,40 +340,41 @@ def calibrate(opts: Options) -> Report:
     if opts.method not in METHODS:
         raise HagridEdgeError(f"--method: {opts.method!r} is not one of {', '.join(METHODS)}")
     t_start = time.perf_counter()
-    fp32, spec, info = prepare_fp32(opts)
-    inputs, stats = calib_data.calibration_batches(opts.data, spec, opts.limit)
-    t0 = time.perf_counter()
-    ranges = onnx_int8.collect_ranges(fp32, spec.input_name, inputs, opts.method)
-    calib_seconds = round(time.perf_counter() - t0, 2)
-    calibration = {"method": opts.method, "data": str(opts.data), "split": calib_data.SPLIT,
-                   "images": stats.used, "skipped": stats.skipped, "inputs": stats.inputs,
-                   "tensors": len(ranges.data)}
-    stem = opts.model.stem
+    run = Calibration(opts)
     opts.out.mkdir(parents=True, exist_ok=True)
-    fp32_path = opts.out / f"{stem}_fp32.onnx"
-    save_onnx_with_spec(fp32, spec, fp32_path)
-    scorer = reference = None
+    det = _stage(opts, opts.model, opts.spec_file, "--model")
+    cls = None
+    if opts.classifier is not None:
+        if opts.classifier.resolve() == opts.model.resolve():
+            raise HagridEdgeError(f"--classifier {opts.classifier}: the same file as --model")
+        cls = _stage(opts, opts.classifier, opts.classifier_spec, "--classifier")
+        _check_pair(det.spec, cls.spec, opts)
     if opts.guard:
-        scorer = Scorer(opts.data, spec, limit=opts.eval_limit, threads=opts.threads)
-        reference = scorer.score(fp32_path)
-    report = Report(model=str(opts.model), out=opts.out, method=opts.method, max_drop=opts.max_drop,
-                    calibration=calibration, skipped_files=stats.skipped_files, graph=info,
-                    reference=reference, fp32_path=fp32_path, calib_seconds=calib_seconds)
-    float_layers: list[str] = []
-    if "onnx-int8" in opts.targets:
-        res = _onnx_int8(opts, fp32, spec, ranges, inputs, scorer, reference, calibration,
-                         opts.out / f"{stem}_int8.onnx")
-        float_layers = res.float_layers
-        report.targets.append(res)
-    if "trt-cache" in opts.targets:
-        report.targets.append(_trt_cache(opts, fp32, ranges, float_layers, opts.out / f"{stem}_int8.calib",
-                                         fp32_path))
-    for mode in ("int8", "fp16"):
-        if f"tflite-{mode}" in opts.targets:
-            report.targets.append(_tflite(opts, mode, fp32, _with_calibration(spec, mode, calibration),
-                                          inputs, opts.out / f"{stem}_{mode}.tflite", scorer, reference))
-    for res in report.targets:
-        res.size = _size(res.path)
-    report.seconds = round(time.perf_counter() - t_start, 2)
-    report.write()
-    return report
+        tune, report = photo_sets(opts.data, opts.eval_limit)
+        run.sets = {"tune": tune, "report": report}
+    stages = [(det, None)] + ([(cls, det)] if cls else [])
+    out = Report(model=str(opts.model), classifier=str(opts.classifier) if cls else None, out=opts.out,
+                 method=opts.method, max_drop=opts.max_drop, min_agreement=opts.min_agreement,
+                 photo_sets={k: v.describe() for k, v in run.sets.items()})
+    with tempfile.TemporaryDirectory(prefix="hagrid-calibrate.") as tmp:
+        for stage, partner in stages:
+            work = Path(tmp) / stage.role
+            work.mkdir()
+            sr = StageReport(stage.role, str(stage.source), stage.fp32_path, stage.info, stage.calibration)
+            out.stages.append(sr)
+            if "onnx-int8" in opts.targets:
+                sr.targets.append(run.onnx_int8(stage, partner, work))
+            if "trt-cache" in opts.targets:
+                sr.targets.append(run.trt_cache(stage))
+            modes = [m for m in ("int8", "fp16") if f"tflite-{m}" in opts.targets]
+            if modes:
+                sr.targets += run.tflite(stage, partner, modes, work)
+            if opts.guard and partner is None:
+                run.standalone_scorer(stage, run.sets["report"])
+                sr.reference = dict(stage.reference)
+        if cls is not None and opts.guard:
+            out.pairs = [run.pair(det, cls, t) for t in INT8_FORMATS if t in opts.targets]
+            out.stages[1].reference = {name: run.pair_reference(det, cls, photos) for name, photos in run.sets.items()}
+    out.seconds = round(time.perf_counter() - t_start, 2)
+    out.write()
+    return out

@@ -1,16 +1,18 @@
-"""FP32 ONNX -> full-integer INT8 or FP16 TFLite for LiteRT / tflite-runtime (Raspberry Pi).
+"""FP32 ONNX -> INT8 (full-integer, with chosen layers in float) or FP16 TFLite for LiteRT (Raspberry Pi).
 
-The converter is onnx2tf, run as a subprocess in its own environment (``tflite_env``). It is given
-our calibration inputs (the spec's preprocessing of HaGRID images) as NHWC numpy data, and its
-sample file, which it would otherwise download to check intermediate outputs, is written from the
-same data; the subprocess gets an unreachable proxy so no conversion can fetch anything.
+Conversion is onnx2tf, run as a subprocess in its own environment (``tflite_env``): it writes the
+float32 and float16 TFLite and a SavedModel, from which the same environment writes the float32
+TFLite again with its serving signature. INT8 is then ai-edge-quantizer on that float file, in this
+process (``tflite_int8``): calibrated once on our inputs (the spec's preprocessing of HaGRID photos),
+int8 weights per channel and int8 activations everywhere except the layers the guard keeps in float,
+with int8 input and outputs (their scales in the spec). onnx2tf's sample file, which it would
+otherwise download, is written from our data; the subprocess gets an unreachable proxy so no
+conversion can fetch anything.
 
-INT8 is full-integer: int8 per-channel weights and int8 activations everywhere, with int8 input and
-outputs (``io="int8"``, their scales in the spec) or float32 ones (``io="float32"``, quantize and
-dequantize inside the file). The new file is checked before it is renamed into place: it loads in
-LiteRT through the project's adapter, the spec's tensor names fit it, and its outputs agree with the
-FP32 ONNX on calibration inputs (onnx2tf can report success for a wrong graph). The spec is written
-beside it and embedded as a zip appended to the flatbuffer (TFLite's associated-file packing).
+A new file is checked before it is renamed into place: it loads in LiteRT through the project's
+adapter, the spec's tensor names fit it, and its outputs agree with the FP32 ONNX on calibration
+inputs (a converter can report success for a wrong graph). The spec is written beside it and
+embedded as a zip appended to the flatbuffer (TFLite's associated-file packing).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import tempfile
 import zipfile
+from collections.abc import Sequence
 from dataclasses import replace
 from io import BytesIO
 from pathlib import Path
@@ -35,32 +37,24 @@ from hagrid_edge.paths import atomic_path
 from hagrid_edge.processing import output
 from hagrid_edge.quantize.graph_cut import fix_batch
 from hagrid_edge.quantize.tflite_env import ONNX2TF_VERSION, TENSORFLOW_VERSION, converter_python
+from hagrid_edge.quantize.tflite_int8 import QUANTIZER, TFLiteCandidates
 from hagrid_edge.spec import TFLITE_SPEC_MEMBER, ModelSpec, Quant, save_sidecar, sha256_file
 
-MODES = ("int8", "fp16")
-# onnx2tf's output file for (mode, io)
-_PRODUCED = {("int8", "int8"): "full_integer_quant", ("int8", "float32"): "integer_quant",
-             ("fp16", "float32"): "float16"}
 # onnx2tf reads this file from its working directory instead of downloading it.
 _SAMPLE_FILE = "calibration_image_sample_data_20x128x128x3_float32.npy"
 _SAMPLE_SHAPE = (20, 128, 128)
-# mean and std onnx2tf applies to the calibration data: none, it is already the model's input
-_IDENTITY_NORM = ("[[[[0,0,0]]]]", "[[[[1,1,1]]]]")
 _CHECK_INPUTS = 8  # calibration inputs run through both models to check the conversion
 MIN_AGREEMENT = 0.95  # output correlation with the FP32 ONNX below this means a broken conversion, not quantization
 CONVERT_TIMEOUT_S = 3600
 _NO_NETWORK = {"HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
                "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "NO_PROXY": "",
                "no_proxy": "", "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+# Run in the converter environment: the SavedModel onnx2tf wrote -> float32 TFLite with its signature.
+_SIGNED_FLOAT = ("import sys, tensorflow as tf; "
+                 "open(sys.argv[2], 'wb').write(tf.lite.TFLiteConverter.from_saved_model(sys.argv[1]).convert())")
 
 
-def _check_args(fp32_onnx: Path, spec: ModelSpec, calib_inputs: list[np.ndarray], mode: str, io_dtype: str
-                ) -> None:
-    if mode not in MODES:
-        raise HagridEdgeError(f"TFLite mode {mode!r} is not one of {MODES}")
-    if (mode, io_dtype) not in _PRODUCED:
-        allowed = sorted(io for m, io in _PRODUCED if m == mode)
-        raise HagridEdgeError(f"TFLite {mode}: io {io_dtype!r} is not one of {allowed}")
+def _check_args(fp32_onnx: Path, spec: ModelSpec, calib_inputs: Sequence[np.ndarray]) -> None:
     if not fp32_onnx.is_file():
         raise HagridEdgeError(f"{fp32_onnx}: no such model file")
     if spec.layout != "NCHW" or spec.input_dtype != "float32":
@@ -86,16 +80,12 @@ def _static_batch(fp32_onnx: Path, dest: Path) -> None:
     onnx.save(onnx.shape_inference.infer_shapes(model), str(dest))
 
 
-def _write_calibration(work: Path, calib_inputs: list[np.ndarray]) -> Path:
-    """Calibration data as onnx2tf wants it (NHWC float32), and its sample file from the same images."""
-    nhwc = np.concatenate([np.asarray(x, np.float32).transpose(0, 2, 3, 1) for x in calib_inputs])
-    data = work / "calibration.npy"
-    np.save(data, nhwc)
+def _write_sample(work: Path, calib_inputs: Sequence[np.ndarray]) -> None:
+    """onnx2tf's sample file (NHWC float32, 128x128) made from our own calibration inputs."""
     n, h, w = _SAMPLE_SHAPE
-    picks = nhwc[np.arange(n) % len(nhwc)]
+    picks = [np.asarray(calib_inputs[k % len(calib_inputs)][0], np.float32).transpose(1, 2, 0) for k in range(n)]
     sample = np.stack([cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR) for img in picks])
     np.save(work / _SAMPLE_FILE, sample.astype(np.float32))
-    return data
 
 
 def _error_line(log: str) -> str:
@@ -105,13 +95,7 @@ def _error_line(log: str) -> str:
     return (errors or lines or ["no output"])[-1][:300]
 
 
-def _run_onnx2tf(python: Path, model: Path, spec: ModelSpec, calib: Path, work: Path, mode: str,
-                 io_dtype: str, log_path: Path) -> Path:
-    out_dir = work / "tf"
-    cmd = [str(python), "-m", "onnx2tf", "-i", str(model), "-o", str(out_dir), "-n"]
-    if mode == "int8":
-        cmd += ["-oiqt", "-qt", "per-channel", "-cind", spec.input_name, str(calib), *_IDENTITY_NORM,
-                "-iqd", io_dtype, "-oqd", io_dtype]
+def _run(cmd: list[str], work: Path, python: Path, what: str, log_path: Path) -> None:
     nice = ["nice", "-n", "10"] if os.name == "posix" else []
     # onnx2tf runs the environment's `onnxsim` script by name; without it the graph is left unsimplified.
     path = f"{python.parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -119,13 +103,25 @@ def _run_onnx2tf(python: Path, model: Path, spec: ModelSpec, calib: Path, work: 
         done = subprocess.run(nice + cmd, cwd=work, env={**os.environ, **_NO_NETWORK, "PATH": path},
                               capture_output=True, text=True, timeout=CONVERT_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise HagridEdgeError(f"{model}: onnx2tf did not finish in {CONVERT_TIMEOUT_S} s") from None
-    log = done.stdout + done.stderr
-    produced = out_dir / f"{model.stem}_{_PRODUCED[(mode, io_dtype)]}.tflite"
-    if done.returncode != 0 or not produced.is_file():
+        raise HagridEdgeError(f"{what} did not finish in {CONVERT_TIMEOUT_S} s") from None
+    if done.returncode != 0:
+        log = done.stdout + done.stderr
         log_path.write_text(log, encoding="utf-8")
-        raise HagridEdgeError(f"{model}: onnx2tf failed ({_error_line(log)}); log in {log_path}")
-    return produced
+        raise HagridEdgeError(f"{what} failed ({_error_line(log)}); log in {log_path}")
+
+
+def _convert_float(python: Path, model: Path, work: Path, log_path: Path) -> tuple[Path, Path]:
+    """onnx2tf: (float32 TFLite with its serving signature, float16 TFLite)."""
+    out_dir = work / "tf"
+    _run([str(python), "-m", "onnx2tf", "-i", str(model), "-o", str(out_dir), "-n", "-osd"], work, python,
+         f"{model}: onnx2tf", log_path)
+    float16 = out_dir / f"{model.stem}_float16.tflite"
+    if not float16.is_file() or not (out_dir / "saved_model.pb").is_file():
+        raise HagridEdgeError(f"{model}: onnx2tf wrote no TFLite / SavedModel into {out_dir}")
+    signed = work / f"{model.stem}_float32_signed.tflite"
+    _run([str(python), "-c", _SIGNED_FLOAT, str(out_dir), str(signed)], work, python,
+         f"{model}: SavedModel -> float32 TFLite", log_path)
+    return signed, float16
 
 
 def _quant(detail: dict) -> Quant | None:
@@ -196,46 +192,55 @@ def _with_embedded_spec(tflite_bytes: bytes, spec: ModelSpec) -> bytes:
     return tflite_bytes + buf.getvalue()
 
 
-def export_tflite(fp32_onnx: Path, spec: ModelSpec, calib_inputs: list[np.ndarray], out_path: Path, mode: str,
-                  io: str = "int8", install_env: bool = True) -> ModelSpec:
-    """Convert ``fp32_onnx`` to ``out_path`` (INT8 full-integer or FP16 TFLite); returns the artifact's spec.
+class TFLiteConversion:
+    """One onnx2tf run of an FP32 ONNX model, the TFLite artifacts made from it, and their checks."""
 
-    ``calib_inputs`` are batch-1 NCHW float32 tensors from ``processing.preprocess`` for ``spec``.
-    ``io`` is the dtype of the INT8 file's input and outputs (FP16 files have float32 I/O).
-    ``install_env`` allows creating the converter environment on first use.
-    """
-    fp32_onnx, out_path = Path(fp32_onnx), Path(out_path)
-    io_dtype = "float32" if mode == "fp16" else io
-    _check_args(fp32_onnx, spec, calib_inputs, mode, io_dtype)
-    python = converter_python(install=install_env)
-    onnx_backend = open_backend(fp32_onnx, spec=spec)
-    check_inputs = [np.asarray(x, np.float32) for x in calib_inputs[:_CHECK_INPUTS]]
-    reference = [onnx_backend.infer(x) for x in check_inputs]
-    provenance = {
-        "converter": f"onnx2tf {ONNX2TF_VERSION} (TensorFlow {TENSORFLOW_VERSION})", "precision": mode, "io_dtype": io_dtype,
-        "weights": "int8 per-channel" if mode == "int8" else "float16",
-        "activations": "int8" if mode == "int8" else "float32",
-        "source_sha256": sha256_file(fp32_onnx), "source_file": fp32_onnx.name,
-        "calibration_inputs": len(calib_inputs) if mode == "int8" else 0,
-        "parent": spec.provenance,
-    }
-    with tempfile.TemporaryDirectory(prefix="hagrid-tflite-") as tmp:
-        work = Path(tmp)
-        model = work / "model.onnx"
-        _static_batch(fp32_onnx, model)
-        calib = _write_calibration(work, calib_inputs)
-        log_path = out_path.with_name(out_path.name + ".onnx2tf.log")
-        produced = _run_onnx2tf(python, model, spec, calib, work, mode, io_dtype, log_path)
-        new_spec = _tflite_spec(produced, spec, reference, check_inputs, provenance)
-        agreement = _agreement(produced, new_spec, reference, spec, check_inputs)
+    def __init__(self, fp32_onnx: Path, spec: ModelSpec, calib_inputs: Sequence[np.ndarray], work: Path,
+                 log_path: Path, install_env: bool = True) -> None:
+        """``log_path``: where the converter's log goes when it fails."""
+        self.fp32_onnx, self.spec, self.work = Path(fp32_onnx), spec, Path(work)
+        _check_args(self.fp32_onnx, spec, calib_inputs)
+        python = converter_python(install=install_env)
+        self.calib_inputs = [np.asarray(x, np.float32) for x in calib_inputs]
+        self.check_inputs = self.calib_inputs[:_CHECK_INPUTS]
+        onnx_backend = open_backend(self.fp32_onnx, spec=spec)
+        self.reference = [onnx_backend.infer(x) for x in self.check_inputs]
+        model = self.work / "model.onnx"
+        _static_batch(self.fp32_onnx, model)
+        _write_sample(self.work, self.calib_inputs)
+        self.float32, self.float16 = _convert_float(python, model, self.work, log_path)
+
+    def provenance(self, mode: str, calibration_inputs: int = 0, float_layers: Sequence[str] = ()) -> dict:
+        converter = f"onnx2tf {ONNX2TF_VERSION} (TensorFlow {TENSORFLOW_VERSION})"
+        if mode == "int8":
+            from importlib.metadata import version
+
+            converter += f" + {QUANTIZER} {version(QUANTIZER)}"
+        return {"converter": converter, "precision": mode,
+                "weights": "int8 per-channel" if mode == "int8" else "float16",
+                "activations": "int8" if mode == "int8" else "float32",
+                "float_layers": list(float_layers), "source_sha256": sha256_file(self.fp32_onnx),
+                "source_file": self.fp32_onnx.name, "calibration_inputs": calibration_inputs,
+                "parent": self.spec.provenance}
+
+    def spec_of(self, tflite: Path, provenance: dict | None = None) -> ModelSpec:
+        return _tflite_spec(tflite, self.spec, self.reference, self.check_inputs, provenance or {})
+
+    def int8_candidates(self, calib_inputs: Sequence[np.ndarray] | None = None) -> TFLiteCandidates:
+        inputs = self.calib_inputs if calib_inputs is None else calib_inputs
+        return TFLiteCandidates(self.float32, inputs, self.spec_of, self.work)
+
+    def write(self, produced: Path, out_path: Path, provenance: dict) -> ModelSpec:
+        """Check ``produced`` against the FP32 ONNX and write it (spec embedded and beside it) atomically."""
+        new_spec = self.spec_of(produced, provenance)
+        agreement = _agreement(produced, new_spec, self.reference, self.spec, self.check_inputs)
         bad = {r: c for r, c in agreement.items() if c < MIN_AGREEMENT}
         if bad:
-            raise HagridEdgeError(f"{fp32_onnx}: the TFLite {mode} conversion disagrees with the ONNX model "
-                                  f"(output correlation {bad} < {MIN_AGREEMENT})")
+            raise HagridEdgeError(f"{self.fp32_onnx}: the TFLite {provenance['precision']} conversion disagrees "
+                                  f"with the ONNX model (output correlation {bad} < {MIN_AGREEMENT})")
         new_spec.provenance = {**provenance, "agreement_correlation": agreement}
         with atomic_path(out_path) as part:
             part.write_bytes(_with_embedded_spec(produced.read_bytes(), new_spec))
             LiteRTBackend(part, new_spec, threads=1)  # the written file loads and fits its spec
             save_sidecar(new_spec, out_path)
-        log_path.unlink(missing_ok=True)  # a failed earlier run's log
-    return new_spec
+        return new_spec

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 
 import numpy as np
@@ -11,12 +12,14 @@ import torch
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.labels import DETECTOR_CLASSES, GESTURES
 from hagrid_edge.models import (
+    TRUSTED_CHECKPOINTS_ENV,
     ModelConfig,
     SSDLite,
     TwoHeadClassifier,
     build_model,
     load_weights,
     model_spec,
+    read_checkpoint,
     task_of,
 )
 from hagrid_edge.processing import decode_ssd
@@ -112,3 +115,13 @@ def test_classifier_two_heads():
     model = build_model(ModelConfig("mobilenet_v3_small", list(GESTURES), (224, 224))).eval()
     out = model(torch.zeros(1, 3, 224, 224))
     assert out["logits"].shape == (1, 18) and out["leading_hand"].shape == (1, 2)
+
+
+def test_checkpoint_with_objects_needs_trust(tmp_path, monkeypatch):
+    """Only tensors and plain data are unpickled unless the user says the file is trusted."""
+    path = tmp_path / "objects.pth"
+    torch.save({"format": "x", "when": datetime.date(2026, 11, 30)}, path)
+    with pytest.raises(HagridEdgeError, match=f"objects.pth: holds objects beyond .* {TRUSTED_CHECKPOINTS_ENV}=1"):
+        read_checkpoint(path)
+    monkeypatch.setenv(TRUSTED_CHECKPOINTS_ENV, "1")
+    assert read_checkpoint(path)["when"] == datetime.date(2026, 11, 30)

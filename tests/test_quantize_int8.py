@@ -7,19 +7,22 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from hagrid_edge.data.annotations import load_split
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.quantize.calib_data import calibration_batches
+from hagrid_edge.quantize.candidates import Candidate, OnnxCandidates
 from hagrid_edge.quantize.graph_cut import split_detector
 from hagrid_edge.quantize.onnx_int8 import (
     check_supported_ops,
     collect_ranges,
     float_layers,
+    layer_units,
     name_nodes,
     opset_of,
     quantize_qdq,
     upgrade_opset,
 )
-from hagrid_edge.quantize.sensitivity import layer_sensitivity, layer_units
+from hagrid_edge.quantize.sensitivity import layer_sensitivity, outputs, relative_error
 from hagrid_edge.quantize.trt_cache import scales_from_ranges
 from hagrid_edge.spec import resolve_spec
 
@@ -85,11 +88,21 @@ def test_cache_and_qdq_share_one_calibration(classifier):
     assert checked >= 4
 
 
-def test_sensitivity_ranks_every_compute_layer(classifier):
-    model, spec, inputs, ranges = classifier
-    ranking = layer_sensitivity(model, ranges, "minmax", spec.input_name, inputs[:4])
-    assert len(ranking) == 4 and all(e >= 0 for _, e in ranking)
+def test_sensitivity_ranks_every_compute_layer(classifier, crop_classifier, mini_root, tmp_path):
+    model, spec, _, ranges = classifier
+    cands = OnnxCandidates(model, spec, ranges, "minmax", tmp_path)
+    fp32 = tmp_path / "fp32.onnx"
+    onnx.save(model, str(fp32))
+    photos = load_split(mini_root, "subsample")[:4]
+    ranking = layer_sensitivity(cands, Candidate(fp32, spec, []), photos)
+    assert sorted(n for n, _ in ranking) == sorted(layer_units(model)) and len(ranking) == 4
+    assert all(e > 0 for _, e in ranking)  # every layer's INT8 moves the logits of real hand crops
     assert [e for _, e in ranking] == sorted((e for _, e in ranking), reverse=True)
+    # keeping the three most sensitive layers in float brings the outputs closer to FP32 than full INT8
+    ref = outputs(Candidate(fp32, spec, []), photos)
+    mixed = cands.build(float_layers=[n for n, _ in ranking[:3]])
+    assert float_layers(onnx.load(str(mixed.path))) == sorted(mixed.float_layers, key=list(layer_units(model)).index)
+    assert relative_error(ref, outputs(mixed, photos)) < relative_error(ref, outputs(cands.build(), photos))
 
 
 @pytest.mark.parametrize("method", ["percentile", "entropy"])

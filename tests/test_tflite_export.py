@@ -14,13 +14,15 @@ import pytest
 
 from hagrid_edge.data.annotations import load_split
 from hagrid_edge.deploy.common.backend import open_backend
+from hagrid_edge.deploy.rpi.litert_backend import _interpreter_class
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.evaluate import evaluate_classifier
 from hagrid_edge.images import read_rgb
 from hagrid_edge.pipeline import CropClassifier
 from hagrid_edge.processing import crop_inputs
 from hagrid_edge.quantize import tflite_env
-from hagrid_edge.quantize.tflite_export import export_tflite
+from hagrid_edge.quantize.tflite_export import TFLiteConversion
+from hagrid_edge.quantize.tflite_int8 import WEIGHT_OPS
 from hagrid_edge.spec import EMBEDDED_READERS, resolve_spec, sha256_file, sidecar_path
 
 CALIB_IMAGES = 40  # subsample images whose hands calibrate the classifier (one per gesture and more)
@@ -38,16 +40,31 @@ def _crops(root: Path, split: str, spec, limit: int) -> list[np.ndarray]:
     return out
 
 
+def _weight_dtypes(tflite: Path) -> list[type]:
+    """dtype of the weights of every convolution / fully connected op, in graph order, read by LiteRT."""
+    interp = _interpreter_class()(model_path=str(tflite))
+    tensors = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
+    return [tensors[op["inputs"][1]] for op in interp._get_ops_details() if op["op_name"] in WEIGHT_OPS]
+
+
 @pytest.fixture(scope="module")
 def classifier_spec(crop_classifier):
     return resolve_spec(crop_classifier)
 
 
 @pytest.fixture(scope="module")
-def int8_model(tmp_path_factory, crop_classifier, classifier_spec, mini_root):
-    out = tmp_path_factory.mktemp("tflite") / "crops_classifier_int8.tflite"
+def converted(tmp_path_factory, crop_classifier, classifier_spec, mini_root):
+    """One onnx2tf conversion of the classifier, kept for the module (INT8 candidates are made from it)."""
     calib = _crops(mini_root, "subsample", classifier_spec, CALIB_IMAGES)
-    spec = export_tflite(crop_classifier, classifier_spec, calib, out, "int8")
+    work = tmp_path_factory.mktemp("conversion")
+    return TFLiteConversion(crop_classifier, classifier_spec, calib, work, work / "log"), calib
+
+
+@pytest.fixture(scope="module")
+def int8_model(tmp_path_factory, converted):
+    conv, calib = converted
+    out = tmp_path_factory.mktemp("tflite") / "crops_classifier_int8.tflite"
+    spec = conv.write(conv.int8_candidates().build().path, out, conv.provenance("int8", len(calib)))
     return out, spec, len(calib)
 
 
@@ -61,11 +78,12 @@ def test_int8_file_loads_and_spec_round_trips(int8_model, crop_classifier):
     assert spec.layout == "NHWC" and spec.input_dtype == "int8"
     prov = spec.provenance
     assert prov["source_sha256"] == sha256_file(crop_classifier)
-    assert prov["converter"].startswith("onnx2tf ") and prov["calibration_inputs"] == n_calib
+    assert prov["converter"].startswith("onnx2tf ") and "ai-edge-quantizer" in prov["converter"]
+    assert prov["calibration_inputs"] == n_calib and prov["float_layers"] == []
     assert prov["agreement_correlation"]["logits"] > 0.95
 
 
-def test_int8_io_quant_params_match_interpreter(int8_model):
+def test_int8_input_and_float_output_match_interpreter(int8_model):
     path, spec, _ = int8_model
     backend = open_backend(path, spec=spec)
     (inp,) = backend.interpreter.get_input_details()
@@ -73,9 +91,9 @@ def test_int8_io_quant_params_match_interpreter(int8_model):
     assert inp["name"] == spec.input_name and inp["dtype"] == np.int8
     assert tuple(inp["shape"]) == (1, *spec.input_size, 3)
     assert (spec.input_quant.scale, spec.input_quant.zero_point) == pytest.approx(inp["quantization"])
-    assert out["name"] == spec.output_names["logits"] and out["dtype"] == np.int8
-    q = spec.output_quant["logits"]
-    assert (q.scale, q.zero_point) == pytest.approx(out["quantization"])
+    # the head (the logits layer) stays float: the scores leave the model unrounded, as in the QDQ ONNX
+    assert out["name"] == spec.output_names["logits"] and out["dtype"] == np.float32
+    assert spec.output_quant == {}
 
 
 def test_int8_f1_close_to_fp32_through_shared_eval(int8_model, crop_classifier, mini_root):
@@ -98,19 +116,24 @@ def test_plain_tflite_has_no_embedded_spec(int8_model, mediapipe_dir, tmp_path):
     assert EMBEDDED_READERS[".tflite"](mediapipe_dir / "hand_landmark_lite.tflite") is None
 
 
-@pytest.mark.parametrize(("mode", "io", "what"), [("int4", "int8", "mode 'int4'"), ("int8", "uint16", "io 'uint16'")])
-def test_bad_mode_or_io_is_one_line(crop_classifier, classifier_spec, tmp_path, mode, io, what):
-    x = np.zeros((1, 3, 128, 128), np.float32)
-    with pytest.raises(HagridEdgeError, match=what) as e:
-        export_tflite(crop_classifier, classifier_spec, [x], tmp_path / "m.tflite", mode, io=io)
-    assert "\n" not in str(e.value)
-    assert not (tmp_path / "m.tflite").exists()
+def test_layers_kept_in_float(converted, tmp_path):
+    """Mixed precision in TFLite: the chosen layers keep float weights, every other layer is int8."""
+    conv, calib = converted
+    out = tmp_path / "mixed.tflite"
+    cands = conv.int8_candidates()
+    first = cands.units[0]
+    spec = conv.write(cands.build([first]).path, out, conv.provenance("int8", len(calib), [first]))
+    assert spec.provenance["float_layers"] == [first]
+    weights = _weight_dtypes(out)
+    assert len(cands.heads) == 1 and len(weights) == len(cands.units) + 1  # the logits layer is the head
+    assert weights[0] == np.float32 and weights[-1] == np.float32  # the chosen layer and the head stay float
+    assert all(dt == np.int8 for dt in weights[1:-1])
 
 
 def test_wrong_calibration_shape_is_reported(crop_classifier, classifier_spec, tmp_path):
     with pytest.raises(HagridEdgeError, match=r"calibration input 0: shape \(1, 3, 64, 64\)"):
-        export_tflite(crop_classifier, classifier_spec, [np.zeros((1, 3, 64, 64), np.float32)],
-                      tmp_path / "m.tflite", "int8")
+        TFLiteConversion(crop_classifier, classifier_spec, [np.zeros((1, 3, 64, 64), np.float32)], tmp_path,
+                         tmp_path / "log")
 
 
 def test_missing_converter_env_is_reported(crop_classifier, classifier_spec, tmp_path, monkeypatch):
@@ -118,10 +141,10 @@ def test_missing_converter_env_is_reported(crop_classifier, classifier_spec, tmp
     monkeypatch.setenv(tflite_env.ENV_VAR, str(missing))
     x = np.zeros((1, 3, 128, 128), np.float32)
     with pytest.raises(HagridEdgeError) as e:
-        export_tflite(crop_classifier, classifier_spec, [x], tmp_path / "m.tflite", "fp16", install_env=False)
+        TFLiteConversion(crop_classifier, classifier_spec, [x], tmp_path / "work", tmp_path / "log", install_env=False)
     msg = str(e.value)
     assert str(missing) in msg and "python -m hagrid_edge.quantize.tflite_env" in msg and "\n" not in msg
-    assert not missing.exists() and not (tmp_path / "m.tflite").exists()
+    assert not missing.exists()
 
 
 def test_incomplete_converter_env_is_not_used(tmp_path, monkeypatch):

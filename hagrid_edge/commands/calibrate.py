@@ -9,6 +9,7 @@ from pathlib import Path
 from hagrid_edge.quantize.choices import (
     DEFAULT_MAX_DROP,
     DEFAULT_METHOD,
+    DEFAULT_MIN_AGREEMENT,
     DEFAULT_TRT_VERSION,
     METHODS,
     TARGETS,
@@ -43,15 +44,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the documented command line)")
     p.add_argument("--model", type=Path, help="FP32 ONNX (default: the README's hand detector)")
     p.add_argument("--spec", type=Path, help="spec file for a model with none embedded or beside it")
+    p.add_argument("--classifier", type=Path,
+                   help="FP32 ONNX hand-crop classifier run behind --model: both are calibrated and the two-stage "
+                        "pipeline is guarded and reported")
+    p.add_argument("--classifier-spec", type=Path, help="spec file for --classifier")
     p.add_argument("--data", type=Path, help="HaGRID data root with a subsample (default: shared hagrid512-mini)")
     p.add_argument("--targets", type=_targets, default=TARGETS, metavar="T[,T...]",
                    help=f"any of {', '.join(TARGETS)} (default: all)")
     p.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
                    help=f"activation range method (default: {DEFAULT_METHOD})")
     p.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP,
-                   help=f"largest accepted drop vs FP32 on val, in mAP50-95 (F1 for classifiers) points (default {DEFAULT_MAX_DROP})")
+                   help="largest accepted drop vs FP32 on the tune photos against their annotations, in mAP50-95 "
+                        f"(F1 for a classifier on its own) points (default {DEFAULT_MAX_DROP})")
+    p.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
+                   help="smallest accepted agreement with the FP32 model on the tune photos: mAP50-95 of the INT8 "
+                        f"detections against FP32's own (default {DEFAULT_MIN_AGREEMENT})")
     p.add_argument("--limit", type=int, help="use only the first N subsample images")
-    p.add_argument("--eval-limit", type=int, help="score the guard on only the first N val images")
+    p.add_argument("--eval-limit", type=int, help="use at most N tune and N report photos in the guard")
     p.add_argument("--no-guard", action="store_true", help="skip the accuracy guard and mixed precision")
     p.add_argument("--trt-version", default=DEFAULT_TRT_VERSION,
                    help=f"TensorRT version in the cache header (default {DEFAULT_TRT_VERSION})")
@@ -74,13 +83,18 @@ def run(args: argparse.Namespace) -> int:
         raise HagridEdgeError(f"--limit must be positive, got {args.limit}")
     if args.max_drop < 0:
         raise HagridEdgeError(f"--max-drop must be >= 0, got {args.max_drop}")
+    if not 0 <= args.min_agreement <= 100:
+        raise HagridEdgeError(f"--min-agreement must be within 0..100, got {args.min_agreement}")
+    if args.eval_limit is not None and args.eval_limit <= 0:
+        raise HagridEdgeError(f"--eval-limit must be positive, got {args.eval_limit}")
     opts = Options(model=args.model or default_model(), data=args.data or default_data(), out=args.out,
-                   targets=args.targets, method=args.method, max_drop=args.max_drop, limit=args.limit,
-                   spec_file=args.spec, trt_version=args.trt_version, eval_limit=args.eval_limit,
-                   threads=args.threads, guard=not args.no_guard)
+                   targets=args.targets, method=args.method, max_drop=args.max_drop,
+                   min_agreement=args.min_agreement, limit=args.limit, spec_file=args.spec,
+                   classifier=args.classifier, classifier_spec=args.classifier_spec, trt_version=args.trt_version,
+                   eval_limit=args.eval_limit, threads=args.threads, guard=not args.no_guard)
     report = calibrate(opts)
     print(report.markdown(), end="")
-    failed = [t.target for t in report.targets if t.error]
+    failed = [t.target for t in report.targets if t.error] + [p.target for p in report.pairs if p.error]
     return 2 if failed else 0
 
 

@@ -74,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
     from hagrid_edge.paths import write_text_atomic
     from hagrid_edge.pipeline import load_pipeline
 
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # our own messages name the source
+    # our own messages name the source; OpenCV 4.x (JetPack's, Pi OS's) has setLogLevel, 5.x cv2.utils.logging
+    quiet = getattr(getattr(cv2.utils, "logging", None), "setLogLevel", None)
+    (quiet or cv2.setLogLevel)(2)  # 2: errors only, in both numberings
     if logging.getLogger().handlers == []:
         logging.basicConfig(level=logging.INFO, format="hagrid-edge run: %(message)s", stream=sys.stderr)
     log = logging.getLogger("hagrid_edge.run")
