@@ -24,7 +24,8 @@ COMMANDS = (
 COMMAND_EXTRA = {module.rpartition(".")[2]: extra for module, extra in COMMANDS}
 # Optional packages a core command may reach (a plot, a model format) -> the extra that installs them.
 PACKAGE_EXTRA = {"torch": "train", "torchvision": "train", "tensorboard": "train", "onnx": "quantize",
-                 "onnxsim": "quantize", "onnxscript": "quantize", "matplotlib": "plots", "ai_edge_litert": "tflite"}
+                 "onnxsim": "quantize", "onnxscript": "quantize", "ai_edge_quantizer": "quantize", "matplotlib": "plots",
+                 "ai_edge_litert": "tflite"}
 
 
 def build_parser() -> argparse.ArgumentParser:
