@@ -57,14 +57,21 @@ def _onnx_model(path: Path) -> Any:
 
 
 def onnx_precision(path: Path) -> str:
-    """INT8 for a QDQ / QLinear graph, INT8-dynamic for dynamic quantization, FP16 for half weights."""
-    model = _onnx_model(path)
-    ops = {n.op_type for n in model.graph.node}
+    """INT8 for a QDQ / QLinear graph, INT8-dynamic for dynamic quantization, FP16 for half weights.
+
+    Read with protobuf alone (``spec.read_onnx_outline``): a board's runtime install has no onnx."""
+    from hagrid_edge.spec import SpecError, read_onnx_outline
+
+    try:
+        outline = read_onnx_outline(path)
+    except SpecError as e:
+        raise HagridEdgeError(str(e)) from None
+    ops = set(outline.op_types)
     if ops & _ONNX_DYNAMIC_INT8 and not ops & (_ONNX_STATIC_INT8 - {"DequantizeLinear"}):
         return INT8_DYNAMIC
     if ops & _ONNX_STATIC_INT8:
         return INT8
-    weights = Counter(t.data_type for t in model.graph.initializer)
+    weights = outline.initializer_types
     return FP16 if weights.get(10, 0) > weights.get(1, 0) else FP32
 
 

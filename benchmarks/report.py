@@ -205,6 +205,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", "## Gate", "", f"Baseline `{gate['baseline']}`: {gate['checks']} checks, "
                   + (f"**{len(gate['failures'])} failed**" if gate["failures"] else "all passed"), ""]
         lines += [f"- FAIL {f}" for f in gate["failures"]]
+    lines += ["", *(f"Note: {n}" for n in report.get("notes", []))] if report.get("notes") else []
     return "\n".join(lines) + "\n"
 
 
@@ -280,7 +281,14 @@ def write(report: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / JSON_NAME, "md": out_dir / MD_NAME, "plot": out_dir / PLOT_NAME}
+    try:
+        import matplotlib  # noqa: F401  (the plot is the [plots] extra's; a board's runtime has none)
+    except ModuleNotFoundError:
+        del paths["plot"]
+        report = {**report, "notes": [*report.get("notes", []), f"{PLOT_NAME} skipped: matplotlib is not "
+                                      "installed (pip install 'hagrid-edge[plots]')"]}
     write_text_atomic(paths["json"], json.dumps(report, indent=1) + "\n")
     write_text_atomic(paths["md"], render_markdown(report))
-    plot(report, paths["plot"])
+    if "plot" in paths:
+        plot(report, paths["plot"])
     return paths

@@ -222,3 +222,15 @@ def test_bad_options_are_one_clear_error(hand_detector, mini_root, tmp_path, cap
     assert main(args) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_every_row_failing_is_a_failure(crop_classifier, mini_root, tmp_path, capsys):
+    """A run that measured nothing does not pass: the report is written, the exit is non-zero."""
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not an onnx file")
+    save_sidecar(resolve_spec(crop_classifier), broken)
+    rc = main(["bench", "--model", str(broken), "--data", str(mini_root), "--limit", "2",
+               "--report", str(tmp_path / "r"), *LIMITS])
+    assert rc == 1 and "every row failed" in capsys.readouterr().err
+    rows = json.loads((tmp_path / "r" / "report.json").read_text())["rows"]
+    assert len(rows) == 1 and rows[0]["error"]

@@ -80,6 +80,19 @@ def test_eval_and_run_on_the_shipped_pair_without_torch_or_onnx(tmp_path: Path) 
     assert not imported & set(BLOCKED)
 
 
+def test_bench_without_plots_or_onnx(tmp_path: Path) -> None:
+    """bench on a runtime install: the QDQ-free ONNX row is read without onnx and the plot is skipped."""
+    detector = DEFAULT_MODELS / "hand_detector.onnx"
+    rc, out, err, imported = run_without_extras("bench", "--model", str(detector), "--data", str(DEFAULT_DATA),
+                                                "--split", "val", "--limit", "3", "--runs", "2", "--warmup", "0",
+                                                "--report", str(tmp_path))
+    assert rc == 0, err
+    assert not (tmp_path / "latency_vs_map.png").exists() and "[plots]" in (tmp_path / "report.md").read_text()
+    row = json.loads((tmp_path / "report.json").read_text())["rows"][0]
+    assert row["error"] is None and row["precision"] == "FP32"
+    assert not imported & set(BLOCKED)
+
+
 @pytest.mark.parametrize("argv, extra", [
     (["train", "--config", "train/configs/ssdlite_small_gestures.yaml"], "train"),
     (["export", "--checkpoint", "best.pt", "--out", "x.onnx"], "train"),

@@ -161,4 +161,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if args.gate:
         print(f"bench: gate passed ({rep['gate']['checks']} checks against {args.baseline})", file=sys.stderr)
+    if rep["rows"] and all(r.get("error") for r in rep["rows"]):
+        print("hagrid-edge bench: error: every row failed; the report lists why", file=sys.stderr)
+        return 1
     return 0
