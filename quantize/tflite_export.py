@@ -228,7 +228,8 @@ class TFLiteConversion:
 
     def int8_candidates(self, calib_inputs: Sequence[np.ndarray] | None = None) -> TFLiteCandidates:
         inputs = self.calib_inputs if calib_inputs is None else calib_inputs
-        return TFLiteCandidates(self.float32, inputs, self.spec_of, self.work)
+        return TFLiteCandidates(self.float32, inputs, self.spec_of, self.work, input_range(self.spec))
+
 
     def write(self, produced: Path, out_path: Path, provenance: dict) -> ModelSpec:
         """Check ``produced`` against the FP32 ONNX and write it (spec embedded and beside it) atomically."""
@@ -244,3 +245,11 @@ class TFLiteConversion:
             LiteRTBackend(part, new_spec, threads=1)  # the written file loads and fits its spec
             save_sidecar(new_spec, out_path)
         return new_spec
+
+
+
+def input_range(spec: ModelSpec) -> tuple[float, float]:
+    """The model input's exact range: the spec's normalisation applied to pixel values 0 and 255."""
+    lows = [(0.0 - m) / s for m, s in zip(spec.mean, spec.std, strict=True)]
+    highs = [(255.0 - m) / s for m, s in zip(spec.mean, spec.std, strict=True)]
+    return min(lows), max(highs)

@@ -38,10 +38,14 @@ def _quiet():
     return stack
 
 
-def weight_layers(tflite: Path) -> tuple[list[str], list[str]]:
-    """Scopes in graph order: (layers with weights outside the heads, the heads). The heads are the layers
-    whose output reaches a graph output through no other layer with weights, with the reshapes and
-    concatenations that take them there."""
+def weight_layers(tflite: Path) -> tuple[dict[str, list[str]], list[str]]:
+    """(layer -> the op scopes it keeps in float, head op scopes), layers in graph order.
+
+    A layer is an op with weights together with the ops after it that only it feeds (pads, reshapes
+    before the next layer), so that a layer kept in float hands a float tensor on instead of being
+    requantized around a pad. The heads are the layers whose output reaches a graph output through
+    no other layer with weights, with the reshapes and concatenations that take them there.
+    """
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fb
 
     model = fb.read_model(Path(tflite))
@@ -49,6 +53,7 @@ def weight_layers(tflite: Path) -> tuple[list[str], list[str]]:
     ops = list(graph.operators)
     weighted = [fb.TFL_OP_CODE_TO_NAME.get(model.operatorCodes[op.opcodeIndex].builtinCode) in WEIGHT_OPS
                 for op in ops]
+    scope = [fb.get_op_scope(op, graph.tensors) for op in ops]
     producer = {t: k for k, op in enumerate(ops) for t in op.outputs}
     heads, todo, seen = set(), list(graph.outputs), set()
     while todo:
@@ -60,8 +65,18 @@ def weight_layers(tflite: Path) -> tuple[list[str], list[str]]:
             heads.add(k)
         else:
             todo += [t for t in ops[k].inputs if t >= 0]
-    scope = [fb.get_op_scope(op, graph.tensors) for op in ops]
-    return ([scope[k] for k in range(len(ops)) if weighted[k] and k not in heads],
+    owner: dict[int, int] = {}  # op -> the layer (weighted op) it belongs to
+    layers: dict[int, list[str]] = {}
+    for k, op in enumerate(ops):
+        if weighted[k]:
+            owner[k] = k
+            layers[k] = [scope[k]]
+            continue
+        sources = {owner.get(producer.get(t, -1)) for t in op.inputs if t >= 0 and t in producer}
+        if len(sources) == 1 and None not in sources:  # fed by one layer only: part of it
+            (owner[k],) = sources
+            layers[owner[k]].append(scope[k])
+    return ({scope[k]: layers[k] for k in layers if k not in heads},
             [scope[k] for k in sorted(seen)])
 
 
@@ -70,13 +85,17 @@ class TFLiteCandidates:
 
     target = "tflite-int8"
 
-    def __init__(self, float_tflite: Path, calib_inputs: Sequence[np.ndarray], make_spec, work: Path) -> None:
-        """``calib_inputs``: batch-1 NCHW float32 model inputs; ``make_spec(path)``: the artifact's spec."""
+    def __init__(self, float_tflite: Path, calib_inputs: Sequence[np.ndarray], make_spec, work: Path,
+                 input_range: tuple[float, float] | None = None) -> None:
+        """``calib_inputs``: batch-1 NCHW float32 model inputs; ``make_spec(path)``: the artifact's spec;
+        ``input_range``: the input's exact value range (the normalisation of pixels 0..255), used instead of
+        the calibrated one, so int8 steps fall on pixel steps (lossless for (x - 127) / 128)."""
         from ai_edge_litert.interpreter import Interpreter
         from ai_edge_quantizer import quantizer, recipe
 
         self.float_tflite, self.make_spec, self.work = Path(float_tflite), make_spec, work
-        self.units, self.heads = weight_layers(self.float_tflite)
+        self._ops, self.heads = weight_layers(self.float_tflite)
+        self.units = list(self._ops)
         if not self.units and not self.heads:
             raise HagridEdgeError(f"{float_tflite}: no convolution or fully connected layers to quantize")
         signatures = Interpreter(model_path=str(self.float_tflite)).get_signature_list()
@@ -84,11 +103,16 @@ class TFLiteCandidates:
             raise HagridEdgeError(f"{float_tflite}: the float TFLite has no signature to calibrate through")
         key, sig = next(iter(signatures.items()))
         (arg,) = sig["inputs"]
+        arg_tensor = Interpreter(model_path=str(self.float_tflite)).get_input_details()[0]["name"]
         data = {key: [{arg: np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 2, 3, 1))}
                       for x in calib_inputs]}
         q = quantizer.Quantizer(str(self.float_tflite), recipe.static_wi8_ai8())
         with _quiet():
             self.qsvs = q.calibrate(data, num_threads=2)
+        if input_range is not None:
+            shape = np.shape(self.qsvs[arg_tensor]["min"]) if arg_tensor in self.qsvs else ()
+            self.qsvs[arg_tensor] = {"min": np.full(shape, input_range[0], np.float32),
+                                     "max": np.full(shape, input_range[1], np.float32)}
         self.calibration_inputs = len(calib_inputs)
         self._count = 0
 
@@ -97,12 +121,12 @@ class TFLiteCandidates:
 
         int8 = recipe.static_wi8_ai8()
         if only is None:
-            keep = [{"regex": f"^{re.escape(u)}$", "operation": "*", "algorithm_key": "no_quantize"}
-                    for u in [*float_layers, *self.heads]]
+            keep = [{"regex": f"^{re.escape(op)}$", "operation": "*", "algorithm_key": "no_quantize"}
+                    for op in [*(o for u in float_layers for o in self._ops[u]), *self.heads]]
             # the graph outputs too: the quantizer would otherwise requantize the float heads' outputs
             return int8 + keep + [{"regex": ".*", "operation": "OUTPUT", "algorithm_key": "no_quantize"}]
         entry = int8[0]
-        return [{**entry, "regex": f"^{re.escape(u)}$"} for u in only]
+        return [{**entry, "regex": f"^{re.escape(op)}$"} for u in only for op in self._ops[u]]
 
     def build(self, float_layers: Sequence[str] = (), only: Sequence[str] | None = None) -> Candidate:
         from ai_edge_quantizer import quantizer
