@@ -4,7 +4,6 @@ The FP32 model's own detections at its operating threshold are the ground truth 
 detections (at the evaluation threshold) are scored against them with the same COCO code as
 ``hagrid-edge eval``. It needs no labels, so it can use every photo there is, and it does not mix
 the annotations' noise into a comparison of two models. An FP32 model agrees with itself at 100.
-Classifiers are compared by the share of hands given the same class.
 """
 
 from __future__ import annotations
@@ -39,10 +38,3 @@ def detection_agreement(reference: Sequence[Sample], candidate: Sequence[Detecti
     boxes = sum(len(s.labels) for s in reference)
     return {"mAP50_95": result["mAP50_95"], "mAP50": result["mAP50"], "images": len(reference), "boxes": boxes}
 
-
-def label_agreement(reference: Sequence[int], candidate: Sequence[int]) -> float:
-    """Percent of items given the same class by both models (100 when there are none)."""
-    ref, got = np.asarray(reference), np.asarray(candidate)
-    if ref.shape != got.shape:
-        raise ValueError(f"{len(ref)} reference labels but {len(got)} candidate labels")
-    return round(100.0 * float((ref == got).mean()), 2) if len(ref) else 100.0

@@ -46,9 +46,10 @@ class Score:
                 "seconds": self.seconds}
 
 
-def guard_task(spec: ModelSpec, paired: bool = False) -> str:
+def guard_task(spec: ModelSpec) -> str:
+    """What a model on its own is scored on (a classifier in a pair is scored on ``gestures``)."""
     if spec.task == "classifier":
-        return "gestures" if paired else "classify"
+        return "classify"
     return "hands" if len(spec.classes) == 1 else "gestures"
 
 
