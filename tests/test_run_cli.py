@@ -173,20 +173,25 @@ def test_bad_inputs(gesture_video: Path, hand_detector: Path, tmp_path: Path,
     assert "need 1 <= N <= M" in line
 
 
-def test_sigint_flushes_outputs_and_prints_summary(mini_root: Path, hand_detector: Path, crop_classifier: Path,
-                                                   tmp_path: Path) -> None:
-    video = tmp_path / "long.mp4"
-    total = make_video(mini_root, video, hold=30, repeat=4)
-    ev, out = tmp_path / "ev.jsonl", tmp_path / "out.mp4"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hagrid_edge.cli", "run", "--engine", str(hand_detector), "--classifier",
-         str(crop_classifier), "--source", str(video), "--headless", "--events", str(ev), "--output", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _started_run(args: list[str]) -> subprocess.Popen:
+    """``hagrid-edge run ARGS`` in its own process, two seconds past its 'running' line."""
+    proc = subprocess.Popen([sys.executable, "-m", "hagrid_edge.cli", "run", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     for line in proc.stderr:
         if "running" in line:
             break
     time.sleep(2.0)
+    return proc
+
+
+def test_sigint_flushes_outputs_and_prints_summary(mini_root: Path, hand_detector: Path, crop_classifier: Path,
+                                                   tmp_path: Path) -> None:
+    video = tmp_path / "long.mp4"
+    total = make_video(mini_root, video, hold=30, repeat=4)
+    ev, out = tmp_path / "ev.jsonl", tmp_path / "out.mp4"
+    proc = _started_run(["--engine", str(hand_detector), "--classifier", str(crop_classifier), "--source", str(video),
+                         "--headless", "--events", str(ev), "--output", str(out)])
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
@@ -247,16 +252,8 @@ def test_second_sigint_during_cleanup_keeps_the_outputs(mini_root: Path, hand_de
     video = tmp_path / "long.mp4"
     make_video(mini_root, video, hold=30, repeat=4)
     ev, out = tmp_path / "ev.jsonl", tmp_path / "out.mp4"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hagrid_edge.cli", "run", "--engine", str(hand_detector), "--classifier",
-         str(crop_classifier), "--source", str(video), "--headless", "--events", str(ev), "--output", str(out),
-         "--on-gesture", "sleep 6"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if "running" in line:
-            break
-    time.sleep(2.0)
+    proc = _started_run(["--engine", str(hand_detector), "--classifier", str(crop_classifier), "--source", str(video),
+                         "--headless", "--events", str(ev), "--output", str(out), "--on-gesture", "sleep 6"])
     proc.send_signal(signal.SIGINT)
     time.sleep(0.7)  # the run is now waiting for the hook's command to finish
     proc.send_signal(signal.SIGINT)
