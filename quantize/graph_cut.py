@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from hagrid_edge.errors import HagridEdgeError
+from hagrid_edge.errors import HagridEdgeError, first_line
 from hagrid_edge.processing import decode_ssd
 from hagrid_edge.spec import ModelSpec, embed_in_onnx, save_sidecar
 
@@ -317,7 +317,7 @@ def save_onnx_with_spec(model: onnx.ModelProto, spec: ModelSpec, path: str | Pat
             ort.InferenceSession(str(tmp), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT's own exception types
             raise HagridEdgeError(f"{path}: the written model does not load in ONNX Runtime "
-                                  f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})"
+                                  f"({first_line(e)})"
                                   ) from None
         if not any(p.key == ONNX_METADATA_KEY for p in onnx.load(str(tmp), load_external_data=False).metadata_props):
             raise HagridEdgeError(f"{path}: the spec did not survive writing")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from hagrid_edge.errors import HagridEdgeError
+from hagrid_edge.errors import HagridEdgeError, first_line
 from hagrid_edge.quantize.choices import METHODS
 
 # Per-channel QDQ DequantizeLinear needs opset 13; older graphs are converted first.
@@ -49,7 +49,7 @@ def upgrade_opset(model: onnx.ModelProto, name: str = "model") -> onnx.ModelProt
         out = onnx.version_converter.convert_version(model, MIN_OPSET)
         onnx.checker.check_model(out)
     except Exception as e:  # the converter raises plain RuntimeError/ValidationError with long text
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise HagridEdgeError(f"{name}: cannot convert opset {version} to {MIN_OPSET} for per-channel INT8 "
                               f"({first})") from None
     return out
@@ -64,7 +64,7 @@ def check_supported_ops(model: onnx.ModelProto, name: str = "model") -> None:
     try:
         ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT's own exception types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise HagridEdgeError(f"{name}: unsupported graph for calibration ({first})") from None
 
 
