@@ -310,7 +310,7 @@ class Calibration:
                     if self.opts.guard and partner is None:
                         result.report = self.standalone_scorer(stage, self.sets["report"]).score(result.path, spec)
                     return
-                chosen = self.guarded(stage, conv.int8_candidates(), result, partner)
+                chosen = self.guarded(stage, conv.int8_candidates(method=self.opts.method), result, partner)
                 prov = conv.provenance("int8", len(stage.inputs), chosen.float_layers)
                 spec = conv.write(chosen.path, result.path, {**prov, **source, "calibration": stage.calibration})
                 stage.chosen["tflite-int8"] = Candidate(result.path, spec, chosen.float_layers)

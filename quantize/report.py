@@ -197,8 +197,9 @@ class Report:
     def markdown(self) -> str:
         names = f"`{Path(self.model).name}`" + (f" + `{Path(self.classifier).name}`" if self.classifier else "")
         lines = [f"# INT8 calibration of {names}", "",
-                 f"- method: **{self.method}** activation ranges (ONNX / TensorRT cache; TFLite: ai-edge-quantizer "
-                 "min/max), per-channel symmetric int8 weights",
+                 f"- method: **{self.method}** activation ranges (ONNX and TensorRT cache symmetric; TFLite "
+                 "asymmetric, from the same calibration photos, entropy read as percentile), per-channel symmetric "
+                 "int8 weights",
                  f"- guard: on the **tune** photos, at most {self.max_drop} points below FP32 against the annotations "
                  f"and at most {100 - self.min_agreement:g} points of agreement lost (mAP50-95 against FP32's own "
                  "detections); a classifier behind a detector answers for what it adds to that INT8 detector; "

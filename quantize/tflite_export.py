@@ -36,6 +36,7 @@ from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.paths import atomic_path
 from hagrid_edge.processing import output
 from hagrid_edge.quantize.graph_cut import fix_batch
+from hagrid_edge.quantize.onnx_int8 import PERCENTILE
 from hagrid_edge.quantize.tflite_env import ONNX2TF_VERSION, TENSORFLOW_VERSION, converter_python
 from hagrid_edge.quantize.tflite_int8 import QUANTIZER, TFLiteCandidates
 from hagrid_edge.spec import TFLITE_SPEC_MEMBER, ModelSpec, Quant, save_sidecar, sha256_file
@@ -226,9 +227,13 @@ class TFLiteConversion:
     def spec_of(self, tflite: Path, provenance: dict | None = None) -> ModelSpec:
         return _tflite_spec(tflite, self.spec, self.reference, self.check_inputs, provenance or {})
 
-    def int8_candidates(self, calib_inputs: Sequence[np.ndarray] | None = None) -> TFLiteCandidates:
+    def int8_candidates(self, calib_inputs: Sequence[np.ndarray] | None = None,
+                        method: str = "percentile") -> TFLiteCandidates:
+        """``method``: the activation ranges, as ``calibrate --method`` names them (minmax: the true min and
+        max; otherwise the QDQ ONNX's percentile of all calibration values)."""
         inputs = self.calib_inputs if calib_inputs is None else calib_inputs
-        return TFLiteCandidates(self.float32, inputs, self.spec_of, self.work, input_range(self.spec))
+        return TFLiteCandidates(self.float32, inputs, self.spec_of, self.work, input_range(self.spec),
+                                percentile=100.0 if method == "minmax" else PERCENTILE)
 
 
     def write(self, produced: Path, out_path: Path, provenance: dict) -> ModelSpec:

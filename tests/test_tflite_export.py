@@ -22,7 +22,7 @@ from hagrid_edge.pipeline import CropClassifier
 from hagrid_edge.processing import crop_inputs
 from hagrid_edge.quantize import tflite_env
 from hagrid_edge.quantize.tflite_export import TFLiteConversion
-from hagrid_edge.quantize.tflite_int8 import WEIGHT_OPS
+from hagrid_edge.quantize.tflite_int8 import WEIGHT_OPS, activation_ranges
 from hagrid_edge.spec import EMBEDDED_READERS, resolve_spec, sha256_file, sidecar_path
 
 CALIB_IMAGES = 40  # subsample images whose hands calibrate the classifier (one per gesture and more)
@@ -128,6 +128,35 @@ def test_layers_kept_in_float(converted, tmp_path):
     assert len(cands.heads) == 1 and len(weights) == len(cands.units) + 1  # the logits layer is the head
     assert weights[0] == np.float32 and weights[-1] == np.float32  # the chosen layer and the head stay float
     assert all(dt == np.int8 for dt in weights[1:-1])
+
+
+def test_activation_ranges_are_percentiles_of_all_calibration_values(converted):
+    """The ranges the TFLite INT8 model is built from: the true extremes at 100, and at 99.9 the
+    percentiles numpy finds over every value of every calibration input (so a rare large value is clipped,
+    not averaged away per photo), always including 0."""
+    conv, calib = converted
+    nhwc = [np.ascontiguousarray(x.transpose(0, 2, 3, 1)) for x in calib]
+    interp = _interpreter_class()(model_path=str(conv.float32), experimental_preserve_all_tensors=True)
+    interp.allocate_tensors()
+    (inp,) = interp.get_input_details()
+    names = [d["name"] for d in interp.get_tensor_details() if d["name"] in conv.int8_candidates().qsvs]
+    index = {d["name"]: d["index"] for d in interp.get_tensor_details()}
+    values: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for x in nhwc:
+        interp.set_tensor(inp["index"], x)
+        interp.invoke()
+        for n in names:
+            values[n].append(interp.get_tensor(index[n]).ravel().copy())
+    extremes = activation_ranges(conv.float32, nhwc, names, 100.0)
+    clipped = activation_ranges(conv.float32, nhwc, names, 99.9)
+    assert len(names) > 3
+    for n in names:
+        v = np.concatenate(values[n])
+        assert extremes[n] == pytest.approx((min(v.min(), 0.0), max(v.max(), 0.0)))
+        lo, hi = clipped[n]
+        assert (v > hi).mean() <= 0.001 and (v >= hi).mean() > 0.001 or hi == 0.0
+        assert (v < lo).mean() <= 0.001 and (v <= lo).mean() > 0.001 or lo == 0.0
+        assert extremes[n][0] <= lo <= 0.0 <= hi <= extremes[n][1]
 
 
 def test_wrong_calibration_shape_is_reported(crop_classifier, classifier_spec, tmp_path):
