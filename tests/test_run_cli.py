@@ -225,7 +225,8 @@ def test_stop_request_ends_a_run_whose_camera_is_gone(gesture_video: Path, hand_
     summary = run_loop(load_pipeline(hand_detector), source, RunOptions(events=str(tmp_path / "ev.jsonl")), stop,
                        reason)
     assert time.time() - t0 < 4.0
-    assert summary.stopped_by == "SIGTERM" and summary.reconnects >= 1 and summary.frames >= 1
+    assert summary.stopped_by == "SIGTERM" and summary.reconnect_attempts >= 1 and summary.frames >= 1
+    assert summary.reconnects == 0 and summary.source_lost == 1
     assert (tmp_path / "ev.jsonl").exists()
 
 
@@ -294,3 +295,17 @@ def test_window_is_shown_from_the_main_thread(gesture_video: Path, hand_detector
     assert {thread for _, thread in calls} == {threading.main_thread().name}
     assert len(shown) >= 5 and shown[0].shape == (480, 640, 3) and calls[-1][0] == "destroy"
     assert summary.stopped_by == "stop request" and summary.frames < len(SEQUENCE) * HOLD
+
+
+def test_summary_file_survives_a_closed_stdout(gesture_video: Path, hand_detector: Path, tmp_path: Path) -> None:
+    """stdout closed before the summary is printed (``| head`` that exited): the JSON file is still written."""
+    summary = tmp_path / "s.json"
+    proc = subprocess.Popen([sys.executable, "-m", "hagrid_edge.cli", "run", "--engine", str(hand_detector),
+                             "--source", str(gesture_video), "--headless", "--summary", str(summary)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader went away
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141, err
+    s = json.loads(summary.read_text())
+    assert s["frames"] > 0 and s["stopped_by"] == "end of source", s

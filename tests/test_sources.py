@@ -92,7 +92,7 @@ def test_lost_camera_backs_off_until_stopped(video: Path, tmp_path: Path) -> Non
     capture.stop()
     assert time.time() - t0 < 1.0
     # attempts waited 0.02, 0.04, 0.08, 0.08, ...: a handful, not a busy loop
-    assert 3 <= capture.stats.reconnects <= 12
+    assert 3 <= capture.stats.reconnect_attempts <= 12 and capture.stats.reconnects == 0
 
 
 def test_image_folder_skips_corrupt_images(mini_root: Path, tmp_path: Path) -> None:

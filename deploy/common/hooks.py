@@ -55,6 +55,7 @@ class Hooks:
         self.hooks = [resolve_hook(s) for s in specs]
         self._queue: queue.Queue[dict | None] = queue.Queue(maxsize=64)
         self._procs: list[subprocess.Popen] = []
+        self.skipped = 0  # events whose hooks did not run because the queue was full
         self._thread = threading.Thread(target=self._run, name="hooks", daemon=True)
         if self.hooks:
             self._thread.start()
@@ -65,7 +66,13 @@ class Hooks:
         try:
             self._queue.put_nowait(event.to_dict())
         except queue.Full:
+            self.skipped += 1
             log.warning("hooks are behind: skipped the %s event of track %d", event.gesture, event.track)
+
+    @property
+    def pending(self) -> int:
+        """Events waiting for their hooks."""
+        return self._queue.qsize()
 
     def _run(self) -> None:
         while True:

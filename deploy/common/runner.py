@@ -4,12 +4,15 @@ Threads: capture (``capture.py``: newest frame for live sources, a bounded queue
 main thread (the models, the tracker, events, hooks, the window) -> render thread (``render.py``:
 draw, write the video). The loop stops at the end of a file, when ``stop`` is set (SIGINT/SIGTERM,
 the window's ``q``), or after ``max_frames``; it then ends the open gestures, drains the render
-queue and closes every output. Statistics live in the ``Summary`` it returns.
+queue and closes every output. A live source that is lost ends the open gestures at once, with a
+``source_lost`` event before their ends. Statistics live in the ``Summary`` it returns; with
+``status_every`` a one-line JSON status (counts, queue lengths, memory) is logged that often.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
 import threading
@@ -19,7 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
-from hagrid_edge.deploy.common.capture import Capture, Frame
+from hagrid_edge.deploy.common.capture import Capture, Frame, SourceEvent
 from hagrid_edge.deploy.common.debounce import DebounceConfig, GestureEvent
 from hagrid_edge.deploy.common.gestures import Gestures
 from hagrid_edge.deploy.common.hooks import Hooks
@@ -56,6 +59,7 @@ class RunOptions:
     output_fps: float | None = None  # default: the source's, else 30
     max_frames: int | None = None
     queue_size: int = 4
+    status_every: float | None = None  # seconds between status lines in the log
 
 
 class Models:
@@ -105,7 +109,7 @@ class Outputs:
             self.renderer = Renderer(self.video, self.window, stop, opts.queue_size, summary.stages["render"])
             stack.callback(self.renderer.close)
 
-    def emit(self, events: list[GestureEvent]) -> None:
+    def emit(self, events: list[GestureEvent | SourceEvent]) -> None:
         self.summary.count_events(events)
         for event in events:
             if self.events is not None:
@@ -121,11 +125,38 @@ class Outputs:
         if self.window is not None:
             self.window.poll()
 
+    def queues(self) -> dict[str, int]:
+        """Items waiting in the output queues (render, hooks)."""
+        return {"render": len(self.renderer.buffer) if self.renderer is not None else 0,
+                "hooks": self.hooks.pending}
 
-def next_frame(capture: Capture, stop: threading.Event, outputs: Outputs) -> Frame | None:
-    """The next frame; None once the source ended or a stop was requested. Keeps the window alive."""
+
+class Watch:
+    """What the loop does between frames too: source events (a lost source ends the open gestures),
+    the window, and the periodic status line."""
+
+    def __init__(self, capture: Capture, gestures: Gestures, outputs: Outputs, summary: Summary,
+                 status_every: float | None) -> None:
+        self.capture, self.gestures, self.outputs, self.summary = capture, gestures, outputs, summary
+        self.status_every = status_every
+        self._next_status = time.monotonic() + (status_every or 0.0)
+
+    def __call__(self) -> None:
+        self.outputs.poll_window()
+        for event in self.capture.take_events():
+            self.outputs.emit([event])
+            if event.kind == "source_lost":
+                self.outputs.emit(self.gestures.finish(event.frame, event.time))
+        if self.status_every and time.monotonic() >= self._next_status:
+            self._next_status += self.status_every
+            queues = {"capture": len(self.capture.buffer), **self.outputs.queues()}
+            log.info("status %s", json.dumps(self.summary.status(queues)))
+
+
+def next_frame(capture: Capture, stop: threading.Event, watch: Watch) -> Frame | None:
+    """The next frame; None once the source ended or a stop was requested. Watches while it waits."""
     while not stop.is_set():
-        outputs.poll_window()
+        watch()
         try:
             return capture.get(timeout=POLL_S)
         except TimeoutError:
@@ -148,10 +179,11 @@ def run_loop(pipeline: Pipeline, source: FrameSource, opts: RunOptions, stop: th
     with contextlib.ExitStack() as stack:
         stack.callback(capture.stop)  # closes the source, also if an output fails to open
         outputs = Outputs(stack, opts, source.fps, stop, summary)
+        watch = Watch(capture, gestures, outputs, summary, opts.status_every)
         capture.start()
         last_index = -1
         while True:
-            frame = next_frame(capture, stop, outputs)  # capture: newest (live) or next (file) frame
+            frame = next_frame(capture, stop, watch)  # capture: newest (live) or next (file) frame
             if frame is None:
                 break
             dets, hands = models(frame.image, summary)  # infer: detect, classify, landmarks
@@ -165,25 +197,28 @@ def run_loop(pipeline: Pipeline, source: FrameSource, opts: RunOptions, stop: th
             if opts.max_frames and summary.frames >= opts.max_frames:
                 summary.stopped_by = f"--max-frames {opts.max_frames}"
                 break
-        finish_run(capture, gestures, outputs, summary, stop, stop_reason, last_index)
+        finish_run(capture, watch, summary, stop, stop_reason, last_index)
     # Leaving the block drained the render queue and closed (renamed into place) every output.
     summary.finish()
     summary.video_frames = outputs.video.frames if outputs.video is not None else 0
+    summary.hooks_skipped = outputs.hooks.skipped
     return summary
 
 
-def finish_run(capture: Capture, gestures: Gestures, outputs: Outputs, summary: Summary, stop: threading.Event,
+def finish_run(capture: Capture, watch: Watch, summary: Summary, stop: threading.Event,
                stop_reason: list[str] | None, last_index: int) -> None:
     """Stop capture, record why the run ended and the capture figures, end the open gestures."""
     if stop.is_set():
         summary.stopped_by = stop_reason[0] if stop_reason else "stop request"
     capture.stop()
+    watch()  # source events from the last moments
     stats = capture.stats
-    summary.corrupt, summary.reconnects, summary.read_errors = stats.corrupt, stats.reconnects, stats.read_errors
-    summary.dropped = capture.dropped
+    summary.corrupt, summary.read_errors, summary.stale = stats.corrupt, stats.read_errors, stats.stale
+    summary.reconnects, summary.reconnect_attempts = stats.reconnects, stats.reconnect_attempts
+    summary.outage_s, summary.dropped = capture.outage_s(), capture.dropped
     if summary.frames == 0 and not stop.is_set():  # raised inside the block: no empty outputs are kept
         raise HagridEdgeError(f"--source {capture.source.uri}: no frame could be decoded "
                               f"({stats.corrupt} corrupt){f'; {capture.error}' if capture.error else ''}")
     if capture.error:
         log.warning("%s", capture.error)
-    outputs.emit(gestures.finish(last_index, time.time()))
+    watch.outputs.emit(watch.gestures.finish(last_index, time.time()))

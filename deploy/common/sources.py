@@ -32,6 +32,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 # A video file whose reads fail this many times in a row has ended (or is beyond repair).
 MAX_CONSECUTIVE_FAILURES = 5
 STREAM_TIMEOUT_MS = 5000
+# FFmpeg's H.264 decoder holds back one frame per extra thread (frame threading): on a loopback RTSP
+# camera (640x480, 10 fps) a frame was 104 ms old at read with 1 thread, 204 ms with 2 and 604 ms with
+# 4 (``benchmarks/bench_rtsp_faults.py --decoder-threads``). Live sources decode on one thread.
+LIVE_DECODER_THREADS = 1
 
 
 class CorruptFrame(Exception):
@@ -42,6 +46,7 @@ class FrameSource(Protocol):
     uri: str
     live: bool  # camera or network stream: keep only the newest frame, reconnect when lost
     fps: float | None  # nominal frame rate, if the source declares one
+    timestamp_s: float | None  # stream time of the frame ``read`` returned last (live sources), if known
 
     def open(self) -> None:
         """Open (or reopen) the device/file; ``HagridEdgeError`` naming the URI if it cannot."""
@@ -66,9 +71,11 @@ class VideoCaptureSource:
     """Anything OpenCV's VideoCapture opens: V4L2 devices, network streams, video files, GStreamer."""
 
     def __init__(self, uri: str, target: str | int, live: bool, api: int = cv2.CAP_ANY,
-                 width: int | None = None, height: int | None = None) -> None:
+                 width: int | None = None, height: int | None = None,
+                 decoder_threads: int = LIVE_DECODER_THREADS) -> None:
         self.uri, self.target, self.live, self.api = uri, target, live, api
-        self.width, self.height = width, height
+        self.width, self.height, self.decoder_threads = width, height, decoder_threads
+        self.timestamp_s: float | None = None
         self.cap: cv2.VideoCapture | None = None
         self.frame_count = 0  # frames the container declares (files), 0 if unknown
         self.fps: float | None = None
@@ -83,6 +90,9 @@ class VideoCaptureSource:
             # waits so a dropped connection ends a read and the capture thread can reconnect.
             os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp|fflags;nobuffer")
             params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
+            n_threads = getattr(cv2, "CAP_PROP_N_THREADS", None)  # OpenCV >= 4.6; older ones decide themselves
+            if n_threads is not None:
+                params += [n_threads, self.decoder_threads]
         cap = cv2.VideoCapture(self.target, self.api, params)
         if not cap.isOpened():
             cap.release()
@@ -104,6 +114,9 @@ class VideoCaptureSource:
         if ok and frame is not None and frame.size:
             self._failures = 0
             self._seen += 1
+            if self.live:  # the frame's presentation time (V4L2: its buffer time); 0: not known
+                ms = self.cap.get(cv2.CAP_PROP_POS_MSEC)
+                self.timestamp_s = ms / 1000.0 if ms > 0 else None
             return _bgr_to_rgb(frame)
         if self.live:
             return None
@@ -125,6 +138,7 @@ class ImageFolderSource:
 
     live = False
     fps = 1.0  # a slideshow: each photo one second in an output video
+    timestamp_s = None
 
     def __init__(self, uri: str, folder: Path) -> None:
         self.uri, self.folder = uri, folder
@@ -163,6 +177,7 @@ class StdinSource:
 
     live = False
     fps = None
+    timestamp_s = None
     _JPEG_END, _PNG_END = b"\xff\xd9", b"IEND\xaeB`\x82"
 
     def __init__(self, uri: str, stream: BinaryIO | None = None) -> None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import time
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from hagrid_edge.deploy.common.capture import SourceEvent
 from hagrid_edge.deploy.common.debounce import GestureEvent
 from hagrid_edge.pipeline import StageTimes
 
@@ -47,8 +49,11 @@ class Summary:
         self.source = source
         self.frames = 0
         self.stopped_by = "end of source"
-        self.corrupt = self.dropped = self.reconnects = self.read_errors = 0
+        self.corrupt = self.dropped = self.reconnects = self.reconnect_attempts = self.read_errors = 0
+        self.source_lost = self.stale = 0
+        self.outage_s = 0.0  # live source lost: excluded from the frame rate
         self.video_frames = 0
+        self.hooks_skipped = 0  # gesture starts whose hooks were skipped (hooks too slow)
         self.events = 0
         self.starts: collections.Counter[str] = collections.Counter()
         self.stages = {s: StageStats() for s in STAGES}
@@ -72,8 +77,11 @@ class Summary:
         yield
         self.add(stage, time.perf_counter() - t0)
 
-    def count_events(self, events: Iterable[GestureEvent]) -> None:
+    def count_events(self, events: Iterable[GestureEvent | SourceEvent]) -> None:
         for event in events:
+            if isinstance(event, SourceEvent):
+                self.source_lost += event.kind == "source_lost"
+                continue
             self.events += 1
             if event.kind == "start":
                 self.starts[event.gesture] += 1
@@ -93,7 +101,15 @@ class Summary:
     # ---- read ----------------------------------------------------------------------------------
     @property
     def fps(self) -> float:
-        return self.frames / self.wall_s if self.wall_s > 0 else 0.0
+        """Frames per second of the time the source delivered (outages left out)."""
+        live_s = self.wall_s - self.outage_s
+        return self.frames / live_s if live_s > 0 else 0.0
+
+    def status(self, queues: dict[str, int]) -> dict:
+        """A snapshot for a long run's periodic status line: counts so far, queue lengths, memory."""
+        return {"wall_s": round(time.perf_counter() - self._t0, 1), "frames": self.frames,
+                "fps_now": round(self.fps_now, 2), "events": self.events, "source_lost": self.source_lost,
+                "queues": queues, "rss_mb": rss_mb()}
 
     def percentiles_ms(self) -> dict[str, dict[str, float]]:
         """Per stage with samples: p50/p90/p99 over the newest samples and the run's mean, in ms."""
@@ -102,15 +118,20 @@ class Summary:
     def to_dict(self) -> dict:
         return {"source": self.source, "frames": self.frames, "wall_s": round(self.wall_s, 3),
                 "fps": round(self.fps, 2), "stopped_by": self.stopped_by, "corrupt_frames": self.corrupt,
-                "dropped_frames": self.dropped, "reconnect_attempts": self.reconnects,
-                "read_errors": self.read_errors, "events": self.events, "video_frames": self.video_frames,
+                "dropped_frames": self.dropped, "source_lost": self.source_lost, "stale_frames": self.stale,
+                "reconnects": self.reconnects, "reconnect_attempts": self.reconnect_attempts,
+                "outage_s": round(self.outage_s, 3), "read_errors": self.read_errors, "events": self.events,
+                "video_frames": self.video_frames, "hooks_skipped": self.hooks_skipped,
                 "stage_ms": {k: {m: round(v, 3) for m, v in d.items()} for k, d in self.percentiles_ms().items()}}
 
     def format(self) -> str:
-        lines = [f"{self.source}: {self.frames} frames in {self.wall_s:.2f} s = {self.fps:.1f} FPS "
+        outage = f", {self.outage_s:.1f} s of it without a source" if self.outage_s else ""
+        lines = [f"{self.source}: {self.frames} frames in {self.wall_s:.2f} s{outage} = {self.fps:.1f} FPS "
                  f"(stopped by {self.stopped_by})",
-                 f"  corrupt frames skipped {self.corrupt}, live frames dropped {self.dropped}, "
-                 f"reconnect attempts {self.reconnects}, read errors {self.read_errors}",
+                 f"  corrupt frames skipped {self.corrupt}, live frames dropped {self.dropped}, read errors "
+                 f"{self.read_errors}",
+                 f"  source lost {self.source_lost} (stale frames {self.stale}), reconnects {self.reconnects} "
+                 f"({self.reconnect_attempts} attempts), outage {self.outage_s:.1f} s",
                  f"  gesture events {self.events}: "
                  + (", ".join(f"{g} x{n}" for g, n in self.starts.most_common()) or "none")]
         table = self.percentiles_ms()
@@ -120,3 +141,13 @@ class Summary:
             for stage, row in table.items():
                 lines.append(f"  {stage:10s}" + "".join(f"{row[h]:9.2f}" for h in heads))
         return "\n".join(lines)
+
+
+def rss_mb() -> float | None:
+    """This process's resident memory in MB (Linux ``/proc``; None elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)

@@ -20,6 +20,7 @@ READ_TIMEOUT_S = 2.0  # many frame periods, even at a low frame rate or a long e
 
 class PicameraSource:
     live = True
+    timestamp_s = None  # a read is time-bounded instead (``read_timeout``)
 
     def __init__(self, uri: str, camera: int, width: int = 640, height: int = 480, fps: float = 30.0,
                  read_timeout: float = READ_TIMEOUT_S) -> None:

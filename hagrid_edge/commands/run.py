@@ -59,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--height", type=int, help="camera capture height")
     c.add_argument("--output-fps", type=float, help="frame rate of --output (default: the source's, else 30)")
     c.add_argument("--max-frames", type=int, help="stop after N frames")
+    c.add_argument("--status-every", type=float, metavar="SECONDS",
+                   help="log a one-line JSON status (frames, events, queue lengths, memory) this often")
     p.set_defaults(func=run)
 
 
@@ -97,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     debounce = DebounceConfig(_given(args.debounce_n, n), _given(args.debounce_m, m), _given(args.debounce_k, k))
     opts = RunOptions(debounce=debounce, track_iou=args.track_iou, track_max_age=args.track_max_age, output=args.output,
                       events=args.events, hooks=args.on_gesture, show=show, output_fps=args.output_fps,
-                      max_frames=args.max_frames)
+                      max_frames=args.max_frames, status_every=args.status_every)
     source.open()
     with stop_on_signals(log) as (stop, reason):
         log.info("running %s%s%s on %s", args.engine, f" + {args.classifier}" if args.classifier else "",
