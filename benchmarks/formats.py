@@ -1,9 +1,8 @@
-"""The one table of artifact formats the bench knows: suffix -> name, runtime, precision, I/O signature.
+"""What the bench reports about each artifact format: name, runtime, precision, I/O signature.
 
-Running an artifact always goes through ``open_backend`` (its ``BACKENDS`` table picks the adapter);
-this table adds what the bench reports about a file: the format's name, the runtime whose version
-the report records, how to tell the precision from the file itself, and how to read the input and
-output tensors of a file that has no spec (latency-only rows).
+The formats themselves (suffixes, names, runtimes) are the one table ``hagrid_edge.formats``, which
+``open_backend`` runs artifacts by; this module adds, per format, how to tell the precision from the
+file itself and how to read the input and output tensors of a file that has no spec (latency-only rows).
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hagrid_edge.errors import HagridEdgeError
+from hagrid_edge.formats import BY_SUFFIX
 
 FP32, FP16, INT8, INT8_DYNAMIC, UNKNOWN = "FP32", "FP16", "INT8", "INT8-dynamic", "unknown"
 
@@ -139,17 +139,14 @@ def tflite_signature(path: Path) -> Signature:
 
 
 # ---- the table ---------------------------------------------------------------------------------
-_TENSORRT = Format("TensorRT engine", "tensorrt", None, None)
-_PYTORCH = Format("PyTorch checkpoint", "torch", None, None)
-
+# Formats whose files the bench can read itself; the others' precision comes from their spec.
+_READERS: dict[str, tuple[Callable[[Path], str], Callable[[Path], Signature]]] = {
+    "ONNX": (onnx_precision, onnx_signature),
+    "TFLite": (tflite_precision, tflite_signature),
+}
 FORMATS: dict[str, Format] = {
-    ".onnx": Format("ONNX", "onnxruntime", onnx_precision, onnx_signature),
-    ".tflite": Format("TFLite", "ai-edge-litert", tflite_precision, tflite_signature),
-    ".engine": _TENSORRT,
-    ".trt": _TENSORRT,
-    ".plan": _TENSORRT,
-    ".pt": _PYTORCH,
-    ".pth": _PYTORCH,
+    suffix: Format(fmt.name, fmt.runtime, *_READERS.get(fmt.name, (None, None)))
+    for suffix, fmt in BY_SUFFIX.items()
 }
 
 

@@ -27,6 +27,7 @@ import onnx
 
 from hagrid_edge.data.annotations import Sample
 from hagrid_edge.errors import HagridEdgeError
+from hagrid_edge.formats import CHECKPOINT_SUFFIXES
 from hagrid_edge.quantize import calib_data, onnx_int8, trt_cache
 from hagrid_edge.quantize.accuracy import (
     PipelineFactory,
@@ -53,7 +54,7 @@ from hagrid_edge.quantize.report import PairResult, Report, StageReport, TargetR
 from hagrid_edge.quantize.sensitivity import Limits, mixed_precision
 from hagrid_edge.spec import ModelSpec, resolve_spec, sha256_file
 
-CHECKPOINTS = (".pt", ".pth")
+CHECKPOINTS = CHECKPOINT_SUFFIXES  # training checkpoints, from the one format table
 INT8_FORMATS = ("onnx-int8", "tflite-int8")  # the targets a two-stage pipeline is guarded and reported in
 
 

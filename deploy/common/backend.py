@@ -1,9 +1,9 @@
 """One interface for every runtime: load an artifact with its spec, run a preprocessed batch.
 
 Backends are thin adapters over a runtime library; everything before and after the runtime call
-(letterbox, normalisation, decode, NMS) lives in ``hagrid_edge.processing``. The table ``BACKENDS``
-maps file suffixes to adapter modules, imported only when such a file is opened, so a board needs
-only its own runtime installed.
+(letterbox, normalisation, decode, NMS) lives in ``hagrid_edge.processing``. ``BACKENDS`` maps file
+suffixes to adapter modules (from the one format table, ``hagrid_edge.formats``), imported only when
+such a file is opened, so a board needs only its own runtime installed.
 """
 
 from __future__ import annotations
@@ -15,16 +15,12 @@ from typing import Protocol
 import numpy as np
 
 from hagrid_edge.errors import HagridEdgeError, MissingExtra
+from hagrid_edge.formats import BY_SUFFIX
 from hagrid_edge.spec import ModelSpec, resolve_spec
 
-# suffix -> (module, class, extra that installs its runtime); modules are in the installed hagrid_edge package.
-# TensorRT and LiteRT adapters say themselves where their runtime comes from (JetPack's apt, a wheel).
+# suffix -> (module, class, extra that installs its runtime)
 BACKENDS: dict[str, tuple[str, str, str]] = {
-    ".onnx": ("hagrid_edge.deploy.common.onnxruntime_backend", "OnnxRuntimeBackend", ""),
-    ".tflite": ("hagrid_edge.deploy.rpi.litert_backend", "LiteRTBackend", "tflite"),
-    ".pt": ("hagrid_edge.deploy.common.torch_backend", "TorchBackend", "train"),
-    ".trt": ("hagrid_edge.deploy.jetson.tensorrt_backend", "TensorRTBackend", "jetson"),
-    ".engine": ("hagrid_edge.deploy.jetson.tensorrt_backend", "TensorRTBackend", "jetson"),
+    suffix: (*fmt.backend.split(":"), fmt.extra) for suffix, fmt in BY_SUFFIX.items()  # type: ignore[misc]
 }
 
 
