@@ -2,10 +2,11 @@
 
 The model (``hand_landmark_{lite,full}.tflite``, Apache-2.0) takes a square RGB crop of one hand,
 224x224, values in [0, 1], and returns 21 (x, y, z) points in crop-input pixels and a hand-presence
-probability. ``ModelSpec`` describes it as a one-class crop classifier (the presence output) with
-a 21-point head beside its logits (role ``points``), the way the authors' crop classifier carries a
-leading-hand head: input geometry, normalisation, crop and output quantization then go through the
-shared helpers of ``hagrid_edge.processing``; only the point mapping lives here.
+probability. Its ``ModelSpec`` task is ``landmarks``: a hand crop in, the presence output (role
+``logits``, one class ``hand``) and the 21-point head (role ``points``) out. Input geometry,
+normalisation, crop and output quantization go through the shared helpers of
+``hagrid_edge.processing`` as for the crop classifier; only the point mapping lives here. A
+landmark model is no classifier: the detection pipeline refuses it as one.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ CROP_EXPAND = 1.3
 
 def _mediapipe_spec(file: str) -> dict:
     return {
-        "task": "classifier", "classes": ["hand"], "input_size": [224, 224], "input_name": "input_1",
+        "task": "landmarks", "classes": ["hand"], "input_size": [224, 224], "input_name": "input_1",
         "layout": "NHWC", "resize": "letterbox", "pad_value": 0, "mean": [0.0, 0.0, 0.0],
         "std": [255.0, 255.0, 255.0], "outputs": "logits",
         "output_names": {"logits": "Identity_1", POINTS_ROLE: "Identity"},
@@ -56,7 +57,7 @@ KNOWN_LANDMARK_MODELS: dict[str, dict] = {
 
 
 def is_landmark_spec(spec: ModelSpec) -> bool:
-    return spec.task == "classifier" and POINTS_ROLE in spec.output_names and spec.crop is not None
+    return spec.task == "landmarks"  # validation made sure it has points and a crop
 
 
 def find_landmark_spec(path: str | Path, spec_file: str | Path | None = None) -> ModelSpec | None:
@@ -80,8 +81,8 @@ def find_landmark_spec(path: str | Path, spec_file: str | Path | None = None) ->
 def landmark_spec(path: str | Path, spec_file: str | Path | None = None) -> ModelSpec:
     spec = find_landmark_spec(path, spec_file)
     if spec is None:
-        raise HagridEdgeError(f"{path}: not a hand landmark model (no spec with a {POINTS_ROLE!r} output and a "
-                              "crop; MediaPipe's hand_landmark_lite/full.tflite are known)")
+        raise HagridEdgeError(f"{path}: not a hand landmark model (its spec's task is not 'landmarks'; "
+                              "MediaPipe's hand_landmark_lite/full.tflite are known)")
     return spec
 
 

@@ -25,7 +25,7 @@ SPEC_VERSION = 1
 ONNX_METADATA_KEY = "hagrid_edge.spec"
 TFLITE_SPEC_MEMBER = "hagrid_edge.spec.json"  # file in the zip appended to a .tflite
 
-TASKS = ("detector", "classifier")
+TASKS = ("detector", "classifier", "landmarks")  # landmarks: hand crop -> presence (logits) + points
 LAYOUTS = ("NCHW", "NHWC")
 COLORS = ("RGB", "BGR")
 RESIZES = ("letterbox", "stretch")
@@ -133,6 +133,9 @@ class ModelSpec:
         need(self.max_detections > 0, "max_detections must be positive")
         if self.task == "detector":
             need(self.outputs in ("ssd_raw", "nms"), f"a detector's outputs are ssd_raw or nms, not {self.outputs!r}")
+        elif self.task == "landmarks":
+            need(self.outputs == "logits" and "points" in self.output_names and self.crop is not None,
+                 "a landmark model takes a hand crop and its outputs are logits (presence) and points")
         else:
             need(self.outputs == "logits", "a classifier's outputs are logits")
         if self.outputs == "ssd_raw":

@@ -172,3 +172,13 @@ def test_run_refuses_a_model_that_is_not_a_landmark_model(hand_detector: Path, c
                "--headless", "--landmarks", str(crop_classifier)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "not a hand landmark model" in err[0] and str(crop_classifier) in err[0]
+
+
+def test_a_landmark_model_is_its_own_task_not_a_classifier(hand_detector: Path, full_model: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Both MediaPipe models are specs of task ``landmarks``; as a gesture classifier the run refuses one."""
+    assert landmark_spec(DEFAULT_LANDMARKS).task == landmark_spec(full_model).task == "landmarks"
+    rc = main(["run", "--engine", str(hand_detector), "--classifier", str(DEFAULT_LANDMARKS),
+               "--source", str(DEFAULT_DATA / "hagrid_dataset_512"), "--headless"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "expected a classifier, the spec says landmarks" in err[0]
