@@ -5,7 +5,9 @@ Detectors are torchvision SSDLite320 (MobileNetV3 large or small backbone) wrapp
 belong to ``hagrid_edge.processing``, identical for PyTorch, ONNX and every other runtime.
 Classifiers are torchvision MobileNetV3 / ResNet backbones with two heads, gesture and leading hand,
 as in the HaGRID authors' classifiers. No weights are downloaded: every builder starts from scratch
-and ``init:`` in a training config points at a local checkpoint.
+and ``init:`` in a training config points at a local checkpoint. ``onnx_ssd`` and ``onnx_classifier``
+take their layers and weights from an ONNX file (``init:``), the form the HaGRID authors release
+their models in (``hagrid_edge.onnx_import``), with new class heads for our classes.
 """
 
 from __future__ import annotations
@@ -31,13 +33,15 @@ from torchvision.ops import boxes as box_ops
 
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.labels import DETECTOR_CLASSES, GESTURES, HAND, LEADING_HANDS
+from hagrid_edge.onnx_import import OnnxNet, import_onnx
 from hagrid_edge.spec import ModelSpec
 
 DETECTORS = ("ssdlite320_mobilenet_v3_large", "ssdlite320_mobilenet_v3_small")
 MOBILENETS = ("mobilenet_v3_small", "mobilenet_v3_large")
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d")
 CLASSIFIERS = MOBILENETS + RESNETS
-MODEL_NAMES = DETECTORS + CLASSIFIERS
+ONNX_MODELS = {"onnx_ssd": "detector", "onnx_classifier": "classifier"}  # layers and weights from model.init
+MODEL_NAMES = DETECTORS + CLASSIFIERS + tuple(ONNX_MODELS)
 DETECTOR_MODES = {"gestures": DETECTOR_CLASSES, "hands": (HAND,)}
 CHECKPOINT_FORMAT = "hagrid_edge.checkpoint"
 # Set to 1 to unpickle a trusted checkpoint fully (it may then run code); otherwise tensors and plain data only.
@@ -51,6 +55,8 @@ def task_of(name: str) -> str:
         return "detector"
     if name in CLASSIFIERS:
         return "classifier"
+    if name in ONNX_MODELS:
+        return ONNX_MODELS[name]
     raise HagridEdgeError(f"model.name: unknown model {name!r} (known: {', '.join(MODEL_NAMES)})")
 
 
@@ -67,7 +73,35 @@ def _ssdlite_small(num_classes: int) -> SSD:
     return SSD(extractor, anchors, (320, 320), num_classes, head=head)
 
 
-class SSDLite(nn.Module):
+class RawSSD(nn.Module):
+    """An SSD whose forward is the raw head; its anchors (xyxy input pixels) and torchvision's SSD loss."""
+
+    neg_to_pos_ratio = 3  # hard negative mining, as torchvision's SSD
+
+    def _set_anchors(self, anchors: Tensor) -> None:
+        self.register_buffer("anchors", anchors, persistent=False)
+        self.box_coder = det_utils.BoxCoder(weights=BOX_CODER_WEIGHTS)
+        self.proposal_matcher = det_utils.SSDMatcher(0.5)
+
+    def priors(self) -> np.ndarray:
+        """Anchors as (cx, cy, w, h) in input pixels, the form the spec carries."""
+        a = self.anchors.detach().cpu().numpy().astype(np.float32)
+        return np.stack([(a[:, 0] + a[:, 2]) / 2, (a[:, 1] + a[:, 3]) / 2, a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]], 1)
+
+    def loss(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """torchvision's SSD loss (hard negative mining 3:1) for boxes in input pixels, labels 1-based."""
+        matched = []
+        for t in targets:
+            if t["boxes"].numel() == 0:
+                matched.append(torch.full((len(self.anchors),), -1, dtype=torch.int64, device=self.anchors.device))
+            else:
+                matched.append(self.proposal_matcher(box_ops.box_iou(t["boxes"], self.anchors)))
+        outputs = {k: v.float() for k, v in outputs.items()}
+        # SSD.compute_loss reads only box_coder and neg_to_pos_ratio from its first argument
+        return SSD.compute_loss(self, targets, outputs, [self.anchors] * len(targets), matched)
+
+
+class SSDLite(RawSSD):
     """torchvision SSDLite320 whose forward is the raw head on a normalised, letterboxed batch."""
 
     def __init__(self, name: str, num_classes: int) -> None:
@@ -86,27 +120,24 @@ class SSDLite(nn.Module):
             self.ssd.train(was_training)
             images = ImageList(torch.zeros(1, 3, *self.input_size), [self.input_size])
             anchors = self.ssd.anchor_generator(images, features)[0]
-        self.register_buffer("anchors", anchors, persistent=False)
+        self._set_anchors(anchors)
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         features = list(self.ssd.backbone(x).values())
         return self.ssd.head(features)
 
-    def priors(self) -> np.ndarray:
-        """Anchors as (cx, cy, w, h) in input pixels, the form the spec carries."""
-        a = self.anchors.detach().cpu().numpy().astype(np.float32)
-        return np.stack([(a[:, 0] + a[:, 2]) / 2, (a[:, 1] + a[:, 3]) / 2, a[:, 2] - a[:, 0], a[:, 3] - a[:, 1]], 1)
 
-    def loss(self, outputs: dict[str, Tensor], targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        """torchvision's SSD loss (hard negative mining 3:1) for boxes in input pixels, labels 1-based."""
-        matched = []
-        for t in targets:
-            if t["boxes"].numel() == 0:
-                matched.append(torch.full((len(self.anchors),), -1, dtype=torch.int64, device=self.anchors.device))
-            else:
-                matched.append(self.ssd.proposal_matcher(box_ops.box_iou(t["boxes"], self.anchors)))
-        outputs = {k: v.float() for k, v in outputs.items()}
-        return self.ssd.compute_loss(targets, outputs, [self.anchors] * len(targets), matched)
+class ImportedSSD(RawSSD):
+    """An SSD imported from ONNX (``OnnxNet``) with the priors its graph decoded with."""
+
+    def __init__(self, graph: dict[str, Any], priors: list[list[float]]) -> None:
+        super().__init__()
+        self.net = OnnxNet(graph)
+        p = torch.tensor(priors, dtype=torch.float32)
+        self._set_anchors(torch.cat([p[:, :2] - p[:, 2:] / 2, p[:, :2] + p[:, 2:] / 2], 1))
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return self.net(x)
 
 
 # ---- classifiers -------------------------------------------------------------------------------
@@ -147,14 +178,22 @@ class ModelConfig:
     mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
     std: tuple[float, float, float] = (127.5, 127.5, 127.5)
     pad_value: int = 114
+    resize: str = "letterbox"
+    crop: dict[str, Any] | None = None  # hand-crop classifiers: the crop their input is cut with
+    graph: dict[str, Any] | None = None  # ONNX_MODELS: the layer plan (hagrid_edge.onnx_import)
+    priors: list[list[float]] | None = None  # onnx_ssd: its priors, (cx, cy, w, h) input pixels
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "classes": list(self.classes), "input_size": list(self.input_size),
-                "mean": list(self.mean), "std": list(self.std), "pad_value": self.pad_value}
+        out = {"name": self.name, "classes": list(self.classes), "input_size": list(self.input_size),
+               "mean": list(self.mean), "std": list(self.std), "pad_value": self.pad_value}
+        extra = {"resize": self.resize, "crop": self.crop, "graph": self.graph, "priors": self.priors}
+        return {**out, **{k: v for k, v in extra.items() if v not in (None, "letterbox")}}
 
 
 def default_classes(name: str, mode: str = "gestures") -> list[str]:
     """Detector classes for ``mode`` (gestures: 18 + no_gesture; hands: one class); classifiers: 18 gestures."""
+    if name == "onnx_classifier":  # hand crops: a hand showing none of the gestures is no_gesture
+        return list(DETECTOR_CLASSES)
     if task_of(name) == "classifier":
         return list(GESTURES)
     if mode not in DETECTOR_MODES:
@@ -163,6 +202,10 @@ def default_classes(name: str, mode: str = "gestures") -> list[str]:
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
+    if cfg.name in ONNX_MODELS:
+        if cfg.graph is None:
+            raise HagridEdgeError(f"model.init: {cfg.name} takes its layers from an ONNX file; name one")
+        return ImportedSSD(cfg.graph, cfg.priors or []) if cfg.name == "onnx_ssd" else OnnxNet(cfg.graph)
     if task_of(cfg.name) == "detector":
         if tuple(cfg.input_size) != (320, 320):
             raise HagridEdgeError(f"model.input_size: {cfg.name} takes 320x320, not {list(cfg.input_size)}")
@@ -172,17 +215,17 @@ def build_model(cfg: ModelConfig) -> nn.Module:
 
 def model_spec(cfg: ModelConfig, model: nn.Module, provenance: dict[str, Any] | None = None) -> ModelSpec:
     """The spec of ``model`` as exported: letterbox, normalisation, raw outputs and priors."""
-    common = dict(classes=list(cfg.classes), input_size=tuple(cfg.input_size), resize="letterbox",
+    common = dict(classes=list(cfg.classes), input_size=tuple(cfg.input_size), resize=cfg.resize,
                   pad_value=cfg.pad_value, mean=tuple(cfg.mean), std=tuple(cfg.std), input_name="input",
                   provenance=dict(provenance or {}, model=cfg.name))
-    if isinstance(model, SSDLite):
+    if isinstance(model, RawSSD):
         return ModelSpec(task="detector", outputs="ssd_raw",
                          output_names={"bbox_regression": "bbox_regression", "cls_logits": "cls_logits"},
                          priors=model.priors(), box_coder_weights=BOX_CODER_WEIGHTS, box_units="pixels",
                          score_activation="softmax", background_class=True, **common)
-    return ModelSpec(task="classifier", outputs="logits",
-                     output_names={"logits": "logits", "leading_hand": "leading_hand"},
-                     score_activation="softmax", **common)
+    roles = ("logits",) if isinstance(model, OnnxNet) else ("logits", "leading_hand")
+    return ModelSpec(task="classifier", outputs="logits", output_names={r: r for r in roles},
+                     score_activation="softmax", crop=cfg.crop, **common)
 
 
 # ---- checkpoints -------------------------------------------------------------------------------
@@ -217,7 +260,8 @@ def model_config_of(payload: dict[str, Any], source: str) -> ModelConfig:
                               f"use it as model.init to fine-tune from its weights")
     m = payload["model"]
     return ModelConfig(m["name"], list(m["classes"]), tuple(m["input_size"]), tuple(m["mean"]), tuple(m["std"]),
-                       int(m["pad_value"]))
+                       int(m["pad_value"]), m.get("resize", "letterbox"), m.get("crop"), m.get("graph"),
+                       m.get("priors"))
 
 
 def load_model(path: str | Path, use_ema: bool = True) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
@@ -302,3 +346,36 @@ def load_weights(model: nn.Module, path: str | Path, name: str) -> LoadReport:
         raise HagridEdgeError(f"{path}: not a {name} checkpoint: {report.summary()}")
     model.load_state_dict(fits, strict=False)
     return report
+
+
+# ---- models imported from ONNX -----------------------------------------------------------------
+def onnx_model(name: str, path: str | Path, classes: list[str], crop: str | None = None
+               ) -> tuple[nn.Module, ModelConfig, LoadReport]:
+    """``name`` (an ``ONNX_MODELS`` entry) built from the ONNX file ``path`` with heads for ``classes``.
+
+    Every layer keeps the file's weights except the class head, which gets one output per class
+    (detectors: plus the background); the report names the layers that were replaced. ``crop``
+    (hand-crop classifiers) changes how hands are cut: ``box`` crops the box itself and letterboxes it.
+    """
+    if Path(path).suffix.lower() != ".onnx":
+        raise HagridEdgeError(f"model.init: {name} takes its layers from an ONNX file, not {path}")
+    net, spec = import_onnx(path, ONNX_MODELS[name])
+    before = {k: v.shape for k, v in net.state_dict().items()}
+    priors = None
+    if name == "onnx_ssd":
+        if classes != list(spec.classes):
+            net.replace_ssd_classes(len(classes) + 1)
+        priors = np.asarray(spec.priors, np.float32).tolist()
+    else:
+        net.replace_linear_classes("logits", list(spec.classes), classes)
+    resize, how = spec.resize, spec.crop
+    if crop is not None and (spec.crop or {}).get("kind") != crop:
+        resize, how = ("letterbox" if crop == "box" else "stretch"), {"kind": crop, "expand": 1.0}
+    cfg = ModelConfig(name, list(classes), tuple(spec.input_size), tuple(spec.mean), tuple(spec.std),
+                      spec.pad_value, resize, how, net.plan, priors)
+    model = build_model(cfg)
+    state = {("net." if name == "onnx_ssd" else "") + k: v for k, v in net.state_dict().items()}
+    model.load_state_dict(state)
+    replaced = sorted(k for k, v in net.state_dict().items() if before.get(k) != v.shape)
+    kept = sorted(k for k in state if k.split("net.", 1)[-1] not in replaced)
+    return model, cfg, LoadReport(loaded=kept, missing=replaced, unexpected=[], mismatched=[])

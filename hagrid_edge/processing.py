@@ -313,15 +313,25 @@ def square_crop_box(box: np.ndarray, frame_w: int, frame_h: int, expand: float =
     return out
 
 
+def crop_box(box: np.ndarray, frame_w: int, frame_h: int, crop: dict | None) -> tuple[int, int, int, int]:
+    """The integer frame region a crop classifier sees for ``box`` (spec.crop says how it is cut)."""
+    crop = crop or {"kind": "square", "expand": 1.0}
+    if crop.get("kind") == "box":
+        x1, y1, x2, y2 = (float(v) for v in box)
+        x1, x2 = min(max(x1, 0.0), frame_w), min(max(x2, 0.0), frame_w)
+        y1, y2 = min(max(y1, 0.0), frame_h), min(max(y2, 0.0), frame_h)
+    else:
+        x1, y1, x2, y2 = square_crop_box(box, frame_w, frame_h, float(crop.get("expand", 1.0)))
+    ix1, iy1 = min(int(np.floor(x1)), frame_w - 1), min(int(np.floor(y1)), frame_h - 1)
+    return ix1, iy1, max(int(np.ceil(x2)), ix1 + 1), max(int(np.ceil(y2)), iy1 + 1)
+
+
 def crop_inputs(frame: np.ndarray, boxes: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """Hand crops of ``frame`` as one input batch for a crop classifier (spec.crop says how)."""
-    crop = spec.crop or {"kind": "square", "expand": 1.0}
     fh, fw = frame.shape[:2]
     images = []
     for box in np.asarray(boxes, np.float32).reshape(-1, 4):
-        x1, y1, x2, y2 = square_crop_box(box, fw, fh, float(crop.get("expand", 1.0)))
-        x1, y1 = int(np.floor(x1)), int(np.floor(y1))
-        x2, y2 = max(int(np.ceil(x2)), x1 + 1), max(int(np.ceil(y2)), y1 + 1)
+        x1, y1, x2, y2 = crop_box(box, fw, fh, spec.crop)
         images.append(resize_frame(frame[y1:y2, x1:x2], spec)[0])
     in_h, in_w = spec.input_size
     if not images:

@@ -41,7 +41,7 @@ OUTPUT_KINDS = {
 }
 BOX_UNITS = ("normalized", "pixels")  # relative to the model input (after resize/letterbox)
 SCORE_ACTIVATIONS = ("softmax", "sigmoid", "none")
-CROP_KINDS = ("square",)
+CROP_KINDS = ("square", "box")  # square: the box grown to a square; box: the box itself
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 from hagrid_edge.errors import HagridEdgeError
-from hagrid_edge.models import MODEL_NAMES, ModelConfig, default_classes, task_of
+from hagrid_edge.models import MODEL_NAMES, ONNX_MODELS, ModelConfig, default_classes, onnx_model, task_of
+from hagrid_edge.spec import CROP_KINDS
 
 
 class ConfigError(HagridEdgeError):
@@ -29,11 +30,12 @@ class ModelSection:
     name: str = "ssdlite320_mobilenet_v3_large"
     mode: str = "gestures"  # detectors: gestures (18 + no_gesture) or hands (one class)
     classes: list[str] | None = None  # default: by task and mode
-    init: str | None = None  # local checkpoint (ours or the HaGRID authors') to start from
+    init: str | None = None  # local checkpoint (ours or the HaGRID authors') or ONNX file (onnx_*) to start from
     input_size: list[int] | None = None  # [h, w]; default 320x320 (detectors), 224x224 (classifiers)
     mean: list[float] | None = None  # pixel units; default (127.5,)*3 detectors, ImageNet classifiers
     std: list[float] | None = None
     pad_value: int = 114
+    crop: str | None = None  # hand-crop classifiers: square (the box grown to a square) or box; default: init's
 
 
 @dataclass
@@ -41,6 +43,7 @@ class DataSection:
     root: str = "../shared/data/hagrid512-mini"
     train_split: str = "train"
     val_split: str | None = "val"
+    crops: str | None = None  # hand-crop classifiers: a crop folder (<part>/<class>/<image>) added to the split's hands
     targets: list[str] | None = None  # gesture files to use (default: all)
     workers: int = 2
     limit: int | None = None  # first N training samples (smoke runs)
@@ -70,6 +73,7 @@ class TrainSection:
     amp: bool = True  # on CUDA only
     channels_last: bool = True  # on CUDA only
     eval_every: int = 1
+    epoch_samples: int | None = None  # samples drawn per epoch (default: the train set's size)
     patience: int | None = None  # early stopping: epochs without improvement of the val metric
     min_delta: float = 0.0
     seed: int = 0
@@ -90,6 +94,8 @@ class TrainConfig:
 
     def model_config(self) -> ModelConfig:
         m = self.model
+        if m.name in ONNX_MODELS:  # the input contract and layers come from the ONNX file
+            return onnx_model(m.name, m.init or "", list(m.classes or default_classes(m.name, m.mode)), m.crop)[1]
         detector = self.task == "detector"
         imagenet_mean, imagenet_std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
         return ModelConfig(
@@ -164,6 +170,17 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError(f"{key}: {what}")
 
     need(cfg.model.name in MODEL_NAMES, "model.name", f"unknown model {cfg.model.name!r} (known: {', '.join(MODEL_NAMES)})")
+    if cfg.model.name in ONNX_MODELS:
+        need(cfg.model.init is not None, "model.init", f"{cfg.model.name} takes its layers from an ONNX file; name one")
+        need(Path(cfg.model.init).is_file(), "model.init", f"{cfg.model.init}: no such ONNX file")
+    if cfg.model.init is not None and cfg.model.name not in ONNX_MODELS:
+        need(not cfg.model.init.lower().endswith(".onnx"), "model.init",
+             f"{cfg.model.init} is ONNX: an ONNX file gives its layers and weights to "
+             f"{' or '.join(ONNX_MODELS)}; {cfg.model.name} starts from a PyTorch checkpoint")
+    need(cfg.model.crop in (None, *CROP_KINDS), "model.crop", f"must be one of {', '.join(CROP_KINDS)}")
+    need(cfg.model.crop is None or cfg.model.name == "onnx_classifier", "model.crop",
+         "only hand-crop classifiers (onnx_classifier) take a crop")
+    need(cfg.data.crops is None or Path(cfg.data.crops).is_dir(), "data.crops", f"{cfg.data.crops}: no such folder")
     need(cfg.model.mode in ("gestures", "hands"), "model.mode", f"must be gestures or hands, got {cfg.model.mode!r}")
     mc = cfg.model_config()
     need(len(mc.input_size) == 2 and min(mc.input_size) > 0, "model.input_size", "must be [height, width] > 0")
@@ -177,6 +194,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
     need(t.ema is None or 0 < t.ema < 1, "train.ema", "must be a decay in (0, 1) or null")
     need(t.eval_every >= 0, "train.eval_every", "must be >= 0 (0: no evaluation)")
+    need(t.epoch_samples is None or t.epoch_samples > 0, "train.epoch_samples", "must be positive or null")
     need(cfg.data.workers >= 0, "data.workers", "must be >= 0")
     a = cfg.augment
     need(all(0 <= p <= 1 for p in (a.hflip, a.crop)), "augment.hflip/crop", "probabilities must be in [0, 1]")
@@ -193,7 +211,10 @@ def from_dict(data: Any, source: str = "config") -> TrainConfig:
         raise ConfigError(f"{source}: {e}") from None
 
 
-def load_config(path: str | Path) -> TrainConfig:
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The config in ``path`` with ``overrides`` (``"train.epochs"``, ``"out_dir"``: value; None is
+    left alone) applied before it is checked, so an override replaces a path the file names that does
+    not exist on this machine."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -203,4 +224,11 @@ def load_config(path: str | Path) -> TrainConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    for dotted, value in (overrides or {}).items():
+        if value is None or not isinstance(data, dict):
+            continue
+        section, _, key = dotted.rpartition(".")
+        target = data.setdefault(section, {}) if section else data
+        if isinstance(target, dict):
+            target[key] = value
     return from_dict(data, str(path))

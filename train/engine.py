@@ -18,10 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler, WeightedRandomSampler
 from tqdm import tqdm
 
 from hagrid_edge.data.annotations import Sample, load_split
+from hagrid_edge.data.crops import CropDataset, folder_crops, photo_crops
 from hagrid_edge.data.datasets import ClassificationDataset, DetectionDataset, collate, normalize
 from hagrid_edge.deploy.common.torch_backend import TorchBackend
 from hagrid_edge.errors import HagridEdgeError
@@ -33,8 +34,8 @@ from hagrid_edge.evaluate import (
     evaluate_classifier,
     run_detector,
 )
-from hagrid_edge.models import SSDLite, build_model, load_weights, model_spec
-from hagrid_edge.pipeline import Detector, FrameClassifier
+from hagrid_edge.models import ONNX_MODELS, RawSSD, build_model, load_weights, model_spec, onnx_model
+from hagrid_edge.pipeline import CropClassifier, Detector, FrameClassifier
 from hagrid_edge.spec import ModelSpec
 from hagrid_edge.train import distributed
 from hagrid_edge.train.augment import BoxSafeAugment
@@ -73,7 +74,8 @@ def evaluate_model(model: nn.Module, spec: ModelSpec, samples: list[Sample], han
     """Val metrics through the deployment path; detectors: gestures and hands mAP from one pass."""
     backend = TorchBackend.from_model(model, spec, device)
     if spec.task == "classifier":
-        r = evaluate_classifier(FrameClassifier(backend), samples, progress=progress)
+        classifier = CropClassifier(backend) if spec.crop else FrameClassifier(backend)
+        r = evaluate_classifier(classifier, samples, progress=progress)
         return {"f1": r["f1"], "accuracy": r["accuracy"]}
     dets, sizes = run_detector(Detector(backend, EVAL_SCORE_THRESHOLD), samples, progress)
     out: dict[str, float] = {}
@@ -85,13 +87,15 @@ def evaluate_model(model: nn.Module, spec: ModelSpec, samples: list[Sample], han
 
 def _step_loss(raw: nn.Module, outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]]
                ) -> tuple[torch.Tensor, dict[str, float]]:
-    if isinstance(raw, SSDLite):
+    if isinstance(raw, RawSSD):
         parts = raw.loss(outputs, targets)
         return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
     gesture = torch.stack([t["gesture"] for t in targets])
-    hand = torch.stack([t["leading_hand"] for t in targets])
     logits = {k: v.float() for k, v in outputs.items()}
     g_loss = F.cross_entropy(logits["logits"], gesture)
+    if "leading_hand" not in logits:  # a hand-crop classifier: one head
+        return g_loss, {"gesture": float(g_loss.detach())}
+    hand = torch.stack([t["leading_hand"] for t in targets])
     # The leading-hand head learns only where the annotation has leading_hand (HaGRID v1 files).
     h_loss = (F.cross_entropy(logits["leading_hand"], hand, ignore_index=-1) if bool((hand >= 0).any())
               else logits["leading_hand"].sum() * 0.0)
@@ -131,7 +135,11 @@ class Trainer:
         self.model = build_model(self.model_cfg)
         self.init_report = None
         if cfg.model.init and init:
-            self.init_report = load_weights(self.model, cfg.model.init, cfg.model.name)
+            if cfg.model.name in ONNX_MODELS:
+                self.model, _, self.init_report = onnx_model(cfg.model.name, cfg.model.init, self.model_cfg.classes,
+                                                             cfg.model.crop)
+            else:
+                self.init_report = load_weights(self.model, cfg.model.init, cfg.model.name)
             self.log(f"init from {cfg.model.init}: {self.init_report.summary()}")
         self.provenance = {"config": cfg.to_dict(), "init": cfg.model.init, "torch": str(torch.__version__)}
         self.spec = model_spec(self.model_cfg, self.model, {"trained_on": f"{cfg.data.root}:{cfg.data.train_split}"})
@@ -142,9 +150,12 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         train_samples = load_split(cfg.data.root, cfg.data.train_split, cfg.data.targets)[: cfg.data.limit]
         aug = BoxSafeAugment(cfg.augment.hflip, cfg.augment.crop, cfg.augment.min_crop, cfg.augment.color)
-        dataset_cls = DetectionDataset if self.spec.task == "detector" else ClassificationDataset
         try:
-            self.train_set = dataset_cls(train_samples, self.spec, aug, seed=t.seed)
+            if self.spec.crop is not None:
+                self.train_set = self._crop_set(train_samples)
+            else:
+                dataset_cls = DetectionDataset if self.spec.task == "detector" else ClassificationDataset
+                self.train_set = dataset_cls(train_samples, self.spec, aug, seed=t.seed)
         except HagridEdgeError as e:
             raise HagridEdgeError(f"{cfg.data.root} [{cfg.data.train_split}]: {e}") from None
         self.val_samples: list[Sample] = []
@@ -152,15 +163,39 @@ class Trainer:
             self.val_samples = load_split(cfg.data.root, cfg.data.val_split, cfg.data.targets)[: cfg.data.val_limit]
             if not self.val_samples:
                 raise HagridEdgeError(f"{cfg.data.root} [{cfg.data.val_split}]: no samples to evaluate on")
-        if self.dist.enabled:
-            self.sampler = DistributedSampler(self.train_set, shuffle=True, seed=t.seed, drop_last=True)
-        else:
-            self.sampler = RandomSampler(self.train_set, generator=torch.Generator().manual_seed(t.seed))
+        self.sampler = self._sampler()
         self.loader = DataLoader(self.train_set, batch_size=t.batch_size, sampler=self.sampler,
                                  num_workers=cfg.data.workers, collate_fn=collate, pin_memory=self.cuda,
                                  drop_last=len(self.train_set) // self.dist.world > t.batch_size)
         if len(self.loader) == 0:
             raise HagridEdgeError(f"{cfg.data.root} [{cfg.data.train_split}]: too few samples for one batch")
+
+    def _crop_set(self, photos: list[Sample]) -> CropDataset:
+        """The hands of the split's photos, plus a crop folder (``data.crops``) when one is named."""
+        cfg, classes = self.cfg, self.spec.classes
+        crops = photo_crops(photos, classes)
+        self.log(f"{len(crops)} hand crops from the {cfg.data.train_split} photos")
+        if cfg.data.crops:
+            found = folder_crops(cfg.data.crops, classes)
+            self.log(f"{cfg.data.crops}: {found.summary()}")
+            crops += found.samples
+        a = cfg.augment
+        return CropDataset(crops, self.spec, train=True, seed=cfg.train.seed, hflip=a.hflip, color=a.color)
+
+    def _sampler(self) -> Sampler:
+        """Shuffled; a crop set is also balanced (weight 1/sqrt(class count)): its folders hold ten times
+        more crops of some gestures than of others. ``train.epoch_samples`` draws that many per epoch.
+        Under ``torchrun`` each process takes its shard of the whole set."""
+        seed, n = self.cfg.train.seed, self.cfg.train.epoch_samples
+        if self.dist.enabled:
+            return DistributedSampler(self.train_set, shuffle=True, seed=seed, drop_last=True)
+        generator = torch.Generator().manual_seed(seed)
+        if isinstance(self.train_set, CropDataset):
+            labels = [s.label for s in self.train_set.samples]
+            counts = {c: labels.count(c) for c in set(labels)}
+            weights = [counts[c] ** -0.5 for c in labels]
+            return WeightedRandomSampler(weights, n or len(labels), replacement=True, generator=generator)
+        return RandomSampler(self.train_set, num_samples=n, generator=generator)
 
     def _build_optimization(self) -> None:
         """Model on its device, optimizer, warm-up + cosine schedule, AMP scaler, EMA, best-so-far."""

@@ -28,19 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from hagrid_edge.train.config import load_config, validate
+    from hagrid_edge.train.config import load_config
     from hagrid_edge.train.engine import Trainer
 
-    cfg = load_config(args.config)
-    overrides = {("data", "root"): args.data, ("train", "epochs"): args.epochs,
-                 ("train", "batch_size"): args.batch_size, ("data", "workers"): args.workers,
-                 ("data", "limit"): args.limit, ("data", "val_limit"): args.val_limit, ("model", "init"): args.init}
-    for (section, key), value in overrides.items():
-        if value is not None:
-            setattr(getattr(cfg, section), key, value)
-    if args.out:
-        cfg.out_dir = args.out
-    validate(cfg)
+    cfg = load_config(args.config, {"data.root": args.data, "train.epochs": args.epochs,
+                                    "train.batch_size": args.batch_size, "data.workers": args.workers,
+                                    "data.limit": args.limit, "data.val_limit": args.val_limit,
+                                    "model.init": args.init, "out_dir": args.out})
     trainer = Trainer(cfg, resume=args.resume, device=args.device, progress=not args.no_progress)
     try:
         result = trainer.fit()
