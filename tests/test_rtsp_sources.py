@@ -13,12 +13,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from test_run_cli import HOLD, SEQUENCE, make_video
 
 from hagrid_edge.benchmarks.bench_soak import sample_photos
 from hagrid_edge.benchmarks.rtsp_loopback import APT_PACKAGES, LoopbackServer, gst_python, stamp_age_s
 from hagrid_edge.deploy.common.capture import STALE_S, Capture
 from hagrid_edge.deploy.common.runner import RunOptions, run_loop
-from hagrid_edge.deploy.common.sources import VideoCaptureSource
+from hagrid_edge.deploy.common.sources import FFMPEG_OPTIONS_ENV, VideoCaptureSource, open_source
 from hagrid_edge.pipeline import load_pipeline
 
 FPS = 10.0
@@ -124,3 +125,18 @@ def test_killed_server_ends_gestures_then_reconnects_once(server: LoopbackServer
     assert 3.0 < summary.outage_s < summary.wall_s
     assert summary.fps == pytest.approx(summary.frames / (summary.wall_s - summary.outage_s))
 
+
+
+def test_stream_options_stay_with_the_stream(server: LoopbackServer, mini_root: Path, tmp_path: Path) -> None:
+    """A video file opened after a stream in the same process reads every frame (the stream's FFmpeg
+    options, set process-wide, had cost a file its first frames)."""
+    stream = _rtsp(server.url)
+    stream.close()
+    assert FFMPEG_OPTIONS_ENV not in os.environ
+    video = tmp_path / "v.mp4"
+    n = make_video(mini_root, video)
+    source = open_source(str(video))
+    frames = 0
+    while source.read() is not None:
+        frames += 1
+    assert frames == n == len(SEQUENCE) * HOLD

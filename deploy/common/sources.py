@@ -16,9 +16,12 @@ raised for a frame that could not be decoded (the caller skips and counts it).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -36,6 +39,27 @@ STREAM_TIMEOUT_MS = 5000
 # camera (640x480, 10 fps) a frame was 104 ms old at read with 1 thread, 204 ms with 2 and 604 ms with
 # 4 (``benchmarks/bench_rtsp_faults.py --decoder-threads``). Live sources decode on one thread.
 LIVE_DECODER_THREADS = 1
+# FFmpeg options of network streams (OpenCV reads them from this variable when a capture opens): no
+# client-side buffering (it would add seconds of lag), RTSP over TCP (no lost packets, no smeared frames).
+FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+STREAM_FFMPEG_OPTIONS = "rtsp_transport;tcp|fflags;nobuffer"
+_env_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _ffmpeg_options(options: str) -> Iterator[None]:
+    """``options`` for the captures opened inside (unless the user set their own), and only for them:
+    a video file opened later in the same process must not get a stream's options (nobuffer lost its
+    first frames)."""
+    with _env_lock:
+        own = os.environ.get(FFMPEG_OPTIONS_ENV)
+        if own is None:
+            os.environ[FFMPEG_OPTIONS_ENV] = options
+        try:
+            yield
+        finally:
+            if own is None:
+                os.environ.pop(FFMPEG_OPTIONS_ENV, None)
 
 
 class CorruptFrame(Exception):
@@ -85,15 +109,15 @@ class VideoCaptureSource:
     def open(self) -> None:
         self.close()
         params: list[int] = []
-        if self.live and self.api == cv2.CAP_FFMPEG:
-            # A network stream: no client-side buffering (it would add seconds of lag), and bounded
-            # waits so a dropped connection ends a read and the capture thread can reconnect.
-            os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp|fflags;nobuffer")
+        stream = self.live and self.api == cv2.CAP_FFMPEG
+        if stream:
+            # Bounded waits, so a dropped connection ends a read and the capture thread can reconnect.
             params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, STREAM_TIMEOUT_MS]
             n_threads = getattr(cv2, "CAP_PROP_N_THREADS", None)  # OpenCV >= 4.6; older ones decide themselves
             if n_threads is not None:
                 params += [n_threads, self.decoder_threads]
-        cap = cv2.VideoCapture(self.target, self.api, params)
+        with _ffmpeg_options(STREAM_FFMPEG_OPTIONS) if stream else contextlib.nullcontext():
+            cap = cv2.VideoCapture(self.target, self.api, params)
         if not cap.isOpened():
             cap.release()
             raise HagridEdgeError(f"--source {self.uri}: cannot open it")
