@@ -6,6 +6,7 @@ so the module converts once and every test reads the same real artifact.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -186,3 +187,20 @@ def test_incomplete_converter_env_is_not_used(tmp_path, monkeypatch):
         tflite_env.converter_python(install=False)
     (root / tflite_env.MARKER).write_text("\n".join(tflite_env.PINS))
     assert tflite_env.converter_python(install=False) == root / "bin" / "python"
+
+
+def test_tflite_detector_holds_with_most_layers_int8(hand_detector, mini_root, tmp_path, capsys):
+    """The guard's TFLite INT8 hand detector: within the limits on the tune photos with most of its layers
+    int8 (with the quantizer's own moving-average ranges it had to keep every layer in float)."""
+    from test_quantize_cli import run_cli
+
+    out = tmp_path / "out"
+    rc, _, err = run_cli(["--subset", "--model", str(hand_detector), "--data", str(mini_root), "--out", str(out),
+                          "--targets", "tflite-int8", "--limit", "100", "--eval-limit", "120"], capsys)
+    assert rc == 0, err
+    (target,) = json.loads((out / "calibration_report.json").read_text())["stages"][0]["targets"]
+    assert target["within_limits_on_tune"], target["trials"]
+    weights = _weight_dtypes(out / "hand_detector_int8.tflite")
+    int8 = sum(dt == np.int8 for dt in weights)
+    assert int8 > len(weights) / 2, (int8, len(weights))
+    assert len(weights) - int8 > len(target["float_layers"])  # the chosen layers and the heads stay float
