@@ -239,19 +239,24 @@ class OnnxNet(nn.Module):
             n["out_ch"] = anchors * num_classes
 
     def replace_linear_classes(self, role: str, old_classes: list[str], new_classes: list[str]) -> None:
-        """Give the last linear layer before output ``role`` one row per ``new_classes``; rows of classes
-        the old layer had are kept, the others start fresh."""
+        """Give the last linear layer before output ``role`` one row per ``new_classes``.
+
+        Rows of classes the old layer had are kept. A new class starts as the mean of the old rows no
+        new class took (for ``no_gesture``: the old classes that are none of our gestures), so its
+        logit starts at the scale of the others instead of near zero, where it would win everywhere.
+        """
         gemms = self._feeding(role, "Gemm")
         if len(gemms) != 1:
             raise HagridEdgeError(f"the model has no single linear layer producing {role!r}")
         n = gemms[0]
         old: nn.Linear = self.layers[n["key"]]
         new = nn.Linear(old.in_features, len(new_classes))
+        rest = [i for i, c in enumerate(old_classes) if c not in new_classes] or list(range(len(old_classes)))
         with torch.no_grad():
             for i, c in enumerate(new_classes):
-                if c in old_classes:
-                    new.weight[i] = old.weight[old_classes.index(c)]
-                    new.bias[i] = old.bias[old_classes.index(c)]
+                j = [old_classes.index(c)] if c in old_classes else rest
+                new.weight[i] = old.weight[j].mean(0)
+                new.bias[i] = old.bias[j].mean(0)
         self.layers[n["key"]] = new
         n["out_f"] = len(new_classes)
 

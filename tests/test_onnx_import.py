@@ -138,3 +138,16 @@ def test_an_init_that_does_not_fit_says_so(mini_root, hand_detector, crop_classi
     cfg["model"]["name"] = "ssdlite320_mobilenet_v3_small"
     with pytest.raises(HagridEdgeError, match="model.init: .* is ONNX: an ONNX file gives its layers"):
         from_dict(cfg)
+
+
+def test_the_fresh_no_gesture_row_does_not_win_everywhere(crop_classifier, mini_root):
+    """Before any training, the new 19-class classifier names the gestures the authors' one did."""
+    from hagrid_edge.deploy.common.torch_backend import TorchBackend
+    from hagrid_edge.evaluate import evaluate_classifier
+    from hagrid_edge.pipeline import CropClassifier
+
+    model, cfg, _ = onnx_model("onnx_classifier", crop_classifier, list(DETECTOR_CLASSES))
+    samples = [s for s in load_split(mini_root, "val") if "no_gesture" not in s.labels][:12]
+    r = evaluate_classifier(CropClassifier(TorchBackend.from_model(model.eval(), model_spec(cfg, model))), samples,
+                            progress=False)
+    assert r["accuracy"] >= 75

@@ -17,8 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="overrides train.batch_size (per process)")
     p.add_argument("--workers", type=int, help="overrides data.workers")
     p.add_argument("--limit", type=int, help="train on the first N samples only (smoke runs)")
+    p.add_argument("--epoch-samples", type=int, help="overrides train.epoch_samples (samples drawn per epoch)")
     p.add_argument("--val-limit", type=int, help="evaluate on the first N val samples only")
-    p.add_argument("--init", help="checkpoint to start from (overrides model.init)")
+    p.add_argument("--init", help="checkpoint (or ONNX file, onnx_* models) to start from (overrides model.init)")
+    p.add_argument("--crops", help="hand-crop folder (overrides data.crops)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -34,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, {"data.root": args.data, "train.epochs": args.epochs,
                                     "train.batch_size": args.batch_size, "data.workers": args.workers,
                                     "data.limit": args.limit, "data.val_limit": args.val_limit,
-                                    "model.init": args.init, "out_dir": args.out})
+                                    "train.epoch_samples": args.epoch_samples,
+                                    "model.init": args.init, "data.crops": args.crops, "out_dir": args.out})
     trainer = Trainer(cfg, resume=args.resume, device=args.device, progress=not args.no_progress)
     try:
         result = trainer.fit()
