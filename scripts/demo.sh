@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's first command: install into .venv and run the main job on the shipped defaults:
-# the project's SSDLite gesture detector (assets/models/ssdlite_small_gestures.onnx) on 18 real
-# HaGRID photos (assets/hagrid-sample), with the HaGRID authors' two-stage pair as the reference.
+# the project's one-stage gesture detector (assets/models/gesture_detector.onnx, fine-tuned here
+# from the HaGRID authors' hand detector) on 18 real HaGRID photos (assets/hagrid-sample), with the
+# HaGRID authors' two-stage pair as the reference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -9,7 +10,7 @@ PY=${PYTHON:-python3}
 .venv/bin/pip install -q -e ".[dev,tflite,train,quantize]"  # everything the tests need: runtime + every stage
 OUT=${1:-runs/demo}
 mkdir -p "$OUT"
-MODEL=assets/models/ssdlite_small_gestures.onnx
+MODEL=assets/models/gesture_detector.onnx
 DATA=assets/hagrid-sample
 echo "== accuracy of the default gesture detector on the shipped HaGRID sample"
 .venv/bin/hagrid-edge eval --model "$MODEL" --data "$DATA" --split val
