@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -121,16 +121,8 @@ def _unwrap_united(value: Any) -> Any:
     return value
 
 
-def parse_entry(image_id: str, entry: Any, gesture: str, image_dir: Path, source: str,
-                problems: list[Problem]) -> Sample | None:
-    """One annotation entry -> Sample, or None with its problems appended."""
-    def bad(what: str) -> None:
-        problems.append(Problem(source, image_id, what))
-
-    if not isinstance(entry, dict):
-        bad(f"entry is {type(entry).__name__}, not an object")
-        return None
-    n_before = len(problems)
+def _boxes_and_labels(entry: dict, bad: Callable[[str], None]) -> tuple[list, list]:
+    """``bboxes`` and ``labels``: lists of the same length, every box inside the image, every label known."""
     boxes, labels = entry.get("bboxes"), entry.get("labels")
     lists_ok = True
     if type(boxes) is not list:
@@ -148,18 +140,27 @@ def parse_entry(image_id: str, entry: Any, gesture: str, image_dir: Path, source
     for label in labels:
         if label not in KNOWN_LABELS:
             bad(f"unknown label {label!r}")
+    return boxes, labels
+
+
+def _landmarks(entry: dict, n_boxes: int, bad: Callable[[str], None]) -> list | None:
+    """v1 ``landmarks`` or v2 ``hand_landmarks``: one point list (or an empty one) per box."""
     key = "hand_landmarks" if "hand_landmarks" in entry else "landmarks"
     landmarks = entry.get(key)
-    if landmarks is not None:
-        if not isinstance(landmarks, list) or len(landmarks) != len(boxes):
-            bad(f"{key} has {len(landmarks) if isinstance(landmarks, list) else 'no'} entries for {len(boxes)} bboxes")
-            landmarks = None
-        else:
-            for pts in landmarks:
-                err = _check_points(pts)
-                if err:
-                    bad(f"{key}: {err}")
-            landmarks = [pts or None for pts in landmarks]
+    if landmarks is None:
+        return None
+    if not isinstance(landmarks, list) or len(landmarks) != n_boxes:
+        bad(f"{key} has {len(landmarks) if isinstance(landmarks, list) else 'no'} entries for {n_boxes} bboxes")
+        return None
+    for pts in landmarks:
+        err = _check_points(pts)
+        if err:
+            bad(f"{key}: {err}")
+    return [pts or None for pts in landmarks]
+
+
+def _check_extras(entry: dict, bad: Callable[[str], None]) -> None:
+    """The optional keys: leading hand and its confidence, user id, the united box and label, meta."""
     leading = entry.get("leading_hand")
     if leading is not None and leading not in LEADING_HANDS:
         bad(f"leading_hand {leading!r} is not left or right")
@@ -179,21 +180,37 @@ def parse_entry(image_id: str, entry: Any, gesture: str, image_dir: Path, source
     meta = entry.get("meta")
     if meta is not None and not isinstance(meta, dict):
         bad(f"meta is {type(meta).__name__}, not an object")
+
+
+def parse_entry(image_id: str, entry: Any, gesture: str, image_dir: Path, source: str,
+                problems: list[Problem]) -> Sample | None:
+    """One annotation entry -> Sample, or None with its problems appended."""
+    def bad(what: str) -> None:
+        problems.append(Problem(source, image_id, what))
+
+    if not isinstance(entry, dict):
+        bad(f"entry is {type(entry).__name__}, not an object")
+        return None
+    n_before = len(problems)
+    boxes, labels = _boxes_and_labels(entry, bad)
+    landmarks = _landmarks(entry, len(boxes), bad)
+    _check_extras(entry, bad)
     if len(problems) > n_before:
         return None
+    conf = entry.get("leading_conf")
     return Sample(
         image_id=image_id,
         gesture=gesture,
         image_path=image_dir / f"{image_id}.jpg",
         boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
         labels=list(labels),
-        user_id=user,
+        user_id=entry.get("user_id"),
         landmarks=landmarks,
-        leading_hand=leading,
+        leading_hand=entry.get("leading_hand"),
         leading_conf=float(conf) if conf is not None else None,
-        united_box=united_box,
-        united_label=united_label,
-        meta=meta,
+        united_box=_unwrap_united(entry.get("united_bbox")),
+        united_label=_unwrap_united(entry.get("united_label")),
+        meta=entry.get("meta"),
         source=source,
     )
 
