@@ -126,9 +126,23 @@ def test_layers_kept_in_float(converted, tmp_path):
     spec = conv.write(cands.build([first]).path, out, conv.provenance("int8", len(calib), [first]))
     assert spec.provenance["float_layers"] == [first]
     weights = _weight_dtypes(out)
-    assert len(cands.heads) == 1 and len(weights) == len(cands.units) + 1  # the logits layer is the head
+    assert len(weights) == len(_weight_dtypes(conv.float32)) == 4
+    # three convolutions, and the add that joins two of them (a unit of its own); the logits layer is the head
+    assert len(cands.heads) == 1 and len(cands.units) == 4
     assert weights[0] == np.float32 and weights[-1] == np.float32  # the chosen layer and the head stay float
     assert all(dt == np.int8 for dt in weights[1:-1])
+
+
+def test_every_unit_in_float_requantizes_nothing(converted):
+    """With every unit kept in float only the input is int8: no op between float layers (the add that joins
+    two of them, the pooling after it) is left in int8 to requantize float tensors."""
+    conv, _ = converted
+    cands = conv.int8_candidates()
+    interp = _interpreter_class()(model_path=str(cands.build(cands.units).path))
+    dtypes = {t["index"]: t["dtype"] for t in interp.get_tensor_details()}
+    assert interp.get_input_details()[0]["dtype"] == np.int8
+    produced = [(op["op_name"], dtypes[op["outputs"][0]]) for op in interp._get_ops_details()]
+    assert len(produced) > 5 and [name for name, dt in produced if dt != np.float32] == [], produced
 
 
 def test_activation_ranges_are_percentiles_of_all_calibration_values(converted):
