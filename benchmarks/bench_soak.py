@@ -83,7 +83,7 @@ def judge(samples: list[dict], warmup_min: float, max_growth: float) -> dict:
             "rss_ok": growth < max_growth, "queue_ok": queue_growth <= 1.0}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=30.0, help="how long the run goes (default 30)")
     p.add_argument("--sample-every", type=float, default=60.0, help="seconds between samples (default 60)")
@@ -95,58 +95,80 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="runtime threads of the run (default 1)")
     p.add_argument("--max-rss-growth", type=float, default=5.0, help="percent (default 5)")
     p.add_argument("--report", help="write the figures as JSON here")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
+
+def _soak(args: argparse.Namespace, tmp: Path) -> tuple[list[dict], dict, list[dict]] | None:
+    """Run ``run`` on the looping source for ``--minutes``: its status samples, summary and event lines
+    (None, with the run's last log lines printed, when it failed)."""
     photos = sample_photos()
+    events, summary_path = tmp / "events.jsonl", tmp / "summary.json"
+    server, stop_feed = None, threading.Event()
+    if args.source == "rtsp":
+        from hagrid_edge.benchmarks.rtsp_loopback import LoopbackServer
+
+        server = LoopbackServer(photos, fps=args.fps, hold=round(args.fps)).start()
+        source = server.url
+    else:
+        source = "-"
+    cmd = [sys.executable, "-m", "hagrid_edge.cli", "run", "--engine", args.engine, "--source", source,
+           "--headless", "--events", str(events), "--summary", str(summary_path),
+           "--status-every", str(args.sample_every), "--threads", str(args.threads)]
+    if args.classifier:
+        cmd += ["--classifier", args.classifier]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if source == "-" else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=source != "-")
+    samples: list[dict] = []
+    log: list[str] = []
+    if source == "-":
+        import io
+
+        stderr = io.TextIOWrapper(proc.stderr)  # type: ignore[arg-type]
+        threading.Thread(target=feed_stdin, args=(proc.stdin, photos, args.fps, stop_feed), daemon=True).start()
+    else:
+        stderr = proc.stderr
+    reader = threading.Thread(target=read_status, args=(stderr, samples, log), daemon=True)
+    reader.start()
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < args.minutes * 60 and proc.poll() is None:
+            time.sleep(1.0)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        stop_feed.set()
+        if proc.poll() is None:
+            proc.kill()
+        if server is not None:
+            server.close()
+    reader.join(10)
+    if proc.returncode != 0 or not summary_path.exists() or not samples:
+        print("\n".join(log[-20:]), file=sys.stderr)
+        print(f"bench_soak: the run failed (exit {proc.returncode}, {len(samples)} status samples)", file=sys.stderr)
+        return None
+    return samples, json.loads(summary_path.read_text()), [json.loads(x) for x in events.read_text().splitlines()]
+
+
+def _print_table(samples: list[dict], verdict: dict, summary: dict, warmup: float, dropped: int) -> None:
+    print(f"{'min':>6} {'RSS MB':>8} {'queues':>8} {'frames':>8} {'FPS':>6} {'events':>7}")
+    for s in samples:
+        print(f"{s['wall_s'] / 60:6.1f} {s['rss_mb']:8.1f} {sum(s['queues'].values()):8d} {s['frames']:8d} "
+              f"{s['fps_now']:6.1f} {s['events']:7d}")
+    print(f"RSS after {warmup:g} min warm-up: {verdict['rss_start_mb']} -> {verdict['rss_end_mb']} MB "
+          f"({verdict['rss_growth_pct']:+.2f} %, {verdict['rss_mb_per_hour']} MB/h); queue max {verdict['queue_max']}, "
+          f"growth {verdict['queue_growth']:+.2f}; events {summary['events']}, dropped {dropped}; "
+          f"{summary['frames']} frames at {summary['fps']} FPS, live frames dropped {summary['dropped_frames']}, "
+          f"source lost {summary['source_lost']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
     with tempfile.TemporaryDirectory(prefix="hagrid-soak.") as tmp:
-        events, summary_path = Path(tmp) / "events.jsonl", Path(tmp) / "summary.json"
-        server, stop_feed = None, threading.Event()
-        if args.source == "rtsp":
-            from hagrid_edge.benchmarks.rtsp_loopback import LoopbackServer
-
-            server = LoopbackServer(photos, fps=args.fps, hold=round(args.fps)).start()
-            source = server.url
-        else:
-            source = "-"
-        cmd = [sys.executable, "-m", "hagrid_edge.cli", "run", "--engine", args.engine, "--source", source,
-               "--headless", "--events", str(events), "--summary", str(summary_path),
-               "--status-every", str(args.sample_every), "--threads", str(args.threads)]
-        if args.classifier:
-            cmd += ["--classifier", args.classifier]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if source == "-" else subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=source != "-")
-        samples: list[dict] = []
-        log: list[str] = []
-        if source == "-":
-            import io
-
-            stderr = io.TextIOWrapper(proc.stderr)  # type: ignore[arg-type]
-            threading.Thread(target=feed_stdin, args=(proc.stdin, photos, args.fps, stop_feed), daemon=True).start()
-        else:
-            stderr = proc.stderr
-        reader = threading.Thread(target=read_status, args=(stderr, samples, log), daemon=True)
-        reader.start()
-        t0 = time.monotonic()
-        try:
-            while time.monotonic() - t0 < args.minutes * 60 and proc.poll() is None:
-                time.sleep(1.0)
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=120)
-        finally:
-            stop_feed.set()
-            if proc.poll() is None:
-                proc.kill()
-            if server is not None:
-                server.close()
-        reader.join(10)
-        if proc.returncode != 0 or not summary_path.exists() or not samples:
-            print("\n".join(log[-20:]), file=sys.stderr)
-            print(f"bench_soak: the run failed (exit {proc.returncode}, {len(samples)} status samples)",
-                  file=sys.stderr)
-            return 1
-        summary = json.loads(summary_path.read_text())
-        lines = [json.loads(line) for line in events.read_text().splitlines()]
+        result = _soak(args, Path(tmp))
+    if result is None:
+        return 1
+    samples, summary, lines = result
     gesture_lines = [e for e in lines if e["event"] in ("start", "end")]
     dropped = summary["events"] - len(gesture_lines) + summary["hooks_skipped"]
     verdict = judge(samples, args.warmup, args.max_rss_growth)
@@ -155,15 +177,7 @@ def main(argv: list[str] | None = None) -> int:
               "dropped_events": dropped, "summary": summary,
               "unended_gestures": sum(e["event"] == "start" for e in gesture_lines)
               - sum(e["event"] == "end" for e in gesture_lines)}
-    print(f"{'min':>6} {'RSS MB':>8} {'queues':>8} {'frames':>8} {'FPS':>6} {'events':>7}")
-    for s in samples:
-        print(f"{s['wall_s'] / 60:6.1f} {s['rss_mb']:8.1f} {sum(s['queues'].values()):8d} {s['frames']:8d} "
-              f"{s['fps_now']:6.1f} {s['events']:7d}")
-    print(f"RSS after {args.warmup:g} min warm-up: {verdict['rss_start_mb']} -> {verdict['rss_end_mb']} MB "
-          f"({verdict['rss_growth_pct']:+.2f} %, {verdict['rss_mb_per_hour']} MB/h); queue max {verdict['queue_max']}, "
-          f"growth {verdict['queue_growth']:+.2f}; events {summary['events']}, dropped {dropped}; "
-          f"{summary['frames']} frames at {summary['fps']} FPS, live frames dropped {summary['dropped_frames']}, "
-          f"source lost {summary['source_lost']}")
+    _print_table(samples, verdict, summary, args.warmup, dropped)
     if args.report:
         write_text_atomic(args.report, json.dumps(report, indent=1) + "\n")
     return 0 if verdict["rss_ok"] and verdict["queue_ok"] and dropped == 0 else 1
