@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         inputs, _ = calibration_batches(data, spec, max(args.sizes))
         conv = None
         if "tflite-int8" in args.targets:
-            from hagrid_edge.quantize.graph_cut import fix_batch, save_onnx_with_spec
+            from hagrid_edge.quantize.onnx_files import fix_batch, save_onnx_with_spec
             from hagrid_edge.quantize.tflite_export import TFLiteConversion
 
             src = save_onnx_with_spec(fix_batch(fp32, 1), spec, work / "b1.onnx")

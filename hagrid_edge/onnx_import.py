@@ -267,7 +267,8 @@ def import_onnx(path: str | Path, task: str) -> tuple[OnnxNet, Any]:
     Detectors are cut to their raw heads first; the spec comes from the file (embedded, sidecar or
     the registry of known third-party models).
     """
-    from hagrid_edge.quantize.graph_cut import load_model, split_detector
+    from hagrid_edge.quantize.graph_cut import split_detector
+    from hagrid_edge.quantize.onnx_files import load_model
     from hagrid_edge.spec import resolve_spec
 
     spec = resolve_spec(path)

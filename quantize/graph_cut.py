@@ -13,7 +13,6 @@ decode is not SSD-style fails that check with a clear error instead of being sil
 from __future__ import annotations
 
 import copy
-import io
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,23 +20,15 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from hagrid_edge.errors import HagridEdgeError, first_line
+from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.processing import decode_ssd
-from hagrid_edge.spec import ModelSpec, embed_in_onnx, save_sidecar
+from hagrid_edge.quantize.onnx_files import load_model
+from hagrid_edge.spec import ModelSpec
 
 REGRESSION, LOGITS = "bbox_regression", "cls_logits"
 _ACTIVATIONS = {"Softmax": "softmax", "Sigmoid": "sigmoid"}
 _PROBE = 0.5  # regression offset used to measure the box coder weights
 _DECODE_TOLERANCE = 1e-3  # in prior units; float32 decode differences are ~1e-6
-
-
-def load_model(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
-    if isinstance(model, onnx.ModelProto):
-        return copy.deepcopy(model)
-    try:
-        return onnx.load(str(model))
-    except Exception as e:  # onnx raises DecodeError and others for a corrupt file
-        raise HagridEdgeError(f"{model}: not a readable ONNX model ({type(e).__name__})") from None
 
 
 def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -221,6 +212,21 @@ def _prune(model: onnx.ModelProto, outputs: dict[str, str], shapes: dict[str, tu
     return out
 
 
+def _box_tensors(nms: onnx.NodeProto, act_out: str, producers: dict[str, onnx.NodeProto],
+                 shapes: dict[str, tuple[int, ...]], n: int, name: str) -> tuple[list[str], list[str]]:
+    """The raw box regression (upstream) and the decoded boxes (downstream): the tensors with one row
+    per prior on NMS's box input that do not depend on the scores."""
+    box_path = _ancestor_tensors(nms.input[0], producers)
+    cands = [t for t in box_path if shapes.get(t) in ((1, n, 4), (n, 4))
+             and act_out not in _ancestor_tensors(t, producers)]
+    raw = [t for t in cands if not (set(cands) - {t}) & _ancestor_tensors(t, producers)]
+    decoded = [t for t in cands if not any(t in _ancestor_tensors(o, producers) for o in cands if o != t)]
+    if len(raw) != 1 or len(decoded) != 1 or raw == decoded or shapes[raw[0]] != (1, n, 4):
+        raise HagridEdgeError(f"{name}: cannot tell the raw box regression from the decoded boxes "
+                              f"(candidates {sorted(cands)})")
+    return raw, decoded
+
+
 def split_detector(model: str | Path | onnx.ModelProto, spec: ModelSpec) -> tuple[onnx.ModelProto, ModelSpec]:
     """The compute part of a detector with decode + NMS inside, and the spec to post-process it on the host.
 
@@ -248,16 +254,7 @@ def split_detector(model: str | Path | onnx.ModelProto, spec: ModelSpec) -> tupl
     if len(shapes.get(logits, ())) != 3:
         raise HagridEdgeError(f"{name}: class logits {logits} are not [batch, priors, classes]")
     _, n, n_cls = shapes[logits]
-    # Box tensors with one row per prior that do not depend on the scores: raw regression upstream,
-    # decoded boxes downstream.
-    box_path = _ancestor_tensors(nms.input[0], producers)
-    cands = [t for t in box_path if shapes.get(t) in ((1, n, 4), (n, 4))
-             and act_out not in _ancestor_tensors(t, producers)]
-    raw = [t for t in cands if not (set(cands) - {t}) & _ancestor_tensors(t, producers)]
-    decoded = [t for t in cands if not any(t in _ancestor_tensors(o, producers) for o in cands if o != t)]
-    if len(raw) != 1 or len(decoded) != 1 or raw == decoded or shapes[raw[0]] != (1, n, 4):
-        raise HagridEdgeError(f"{name}: cannot tell the raw box regression from the decoded boxes "
-                              f"(candidates {sorted(cands)})")
+    raw, decoded = _box_tensors(nms, act_out, producers, shapes, n, name)
     decode = _subgraph_model(model, raw[0], decoded[0], shapes[raw[0]])
     priors, weights = measure_decode(decode, raw[0], n)
     box_units = spec.box_units
@@ -284,42 +281,3 @@ def split_detector(model: str | Path | onnx.ModelProto, spec: ModelSpec) -> tupl
             "raw_tensors": {REGRESSION: raw[0], LOGITS: logits}}},
     })
     return cut, raw_spec
-
-
-def fix_batch(model: onnx.ModelProto, batch: int = 1) -> onnx.ModelProto:
-    """A copy with the batch dimension of inputs and outputs pinned (converters that infer layouts,
-    such as onnx2tf, mistake channels for width when the batch is symbolic)."""
-    out = copy.deepcopy(model)
-    for vi in [*out.graph.input, *out.graph.output]:
-        dims = vi.type.tensor_type.shape.dim
-        if dims and not dims[0].HasField("dim_value"):
-            dims[0].dim_value = batch
-    return out
-
-
-def save_onnx_with_spec(model: onnx.ModelProto, spec: ModelSpec, path: str | Path) -> Path:
-    """Write ``model`` with ``spec`` embedded and as ``<path>.json``; renamed into place only once it loads."""
-    import onnxruntime as ort
-
-    from hagrid_edge.paths import atomic_path
-    from hagrid_edge.spec import ONNX_METADATA_KEY
-
-    path = Path(path)
-    model = copy.deepcopy(model)
-    embed_in_onnx(model, spec)
-    buf = io.BytesIO()
-    onnx.save(model, buf)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        try:
-            ort.InferenceSession(str(tmp), opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # ORT's own exception types
-            raise HagridEdgeError(f"{path}: the written model does not load in ONNX Runtime "
-                                  f"({first_line(e)})"
-                                  ) from None
-        if not any(p.key == ONNX_METADATA_KEY for p in onnx.load(str(tmp), load_external_data=False).metadata_props):
-            raise HagridEdgeError(f"{path}: the spec did not survive writing")
-    save_sidecar(spec, path)
-    return path

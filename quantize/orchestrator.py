@@ -48,7 +48,8 @@ from hagrid_edge.quantize.choices import (
     METHODS,
     TARGETS,
 )
-from hagrid_edge.quantize.graph_cut import fix_batch, load_model, save_onnx_with_spec, split_detector
+from hagrid_edge.quantize.graph_cut import split_detector
+from hagrid_edge.quantize.onnx_files import fix_batch, load_model, save_onnx_with_spec
 from hagrid_edge.quantize.photo_sets import PhotoSet, photo_sets
 from hagrid_edge.quantize.report import PairResult, Report, StageReport, TargetResult
 from hagrid_edge.quantize.sensitivity import Limits, mixed_precision

@@ -35,7 +35,7 @@ from hagrid_edge.deploy.rpi.litert_backend import LiteRTBackend, _interpreter_cl
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.paths import atomic_path
 from hagrid_edge.processing import output
-from hagrid_edge.quantize.graph_cut import fix_batch
+from hagrid_edge.quantize.onnx_files import fix_batch
 from hagrid_edge.quantize.onnx_int8 import PERCENTILE
 from hagrid_edge.quantize.tflite_env import ONNX2TF_VERSION, TENSORFLOW_VERSION, converter_python
 from hagrid_edge.quantize.tflite_int8 import QUANTIZER, TFLiteCandidates

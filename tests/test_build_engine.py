@@ -17,7 +17,7 @@ from hagrid_edge.deploy.jetson.build_engine import BuildOptions, build_engine, m
 from hagrid_edge.deploy.jetson.engine_meta import check_compatible, engine_info
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.quantize.calib_data import calibration_batches
-from hagrid_edge.quantize.graph_cut import save_onnx_with_spec
+from hagrid_edge.quantize.onnx_files import save_onnx_with_spec
 from hagrid_edge.quantize.onnx_int8 import collect_ranges, name_nodes, quantize_qdq, upgrade_opset
 from hagrid_edge.quantize.trt_cache import parse_cache, write_cache
 from hagrid_edge.spec import load_spec_file, resolve_spec, sha256_file, sidecar_path

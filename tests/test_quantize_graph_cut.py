@@ -12,7 +12,8 @@ from hagrid_edge.deploy.common.backend import open_backend
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.images import read_rgb
 from hagrid_edge.pipeline import Detector
-from hagrid_edge.quantize.graph_cut import measure_decode, save_onnx_with_spec, split_detector
+from hagrid_edge.quantize.graph_cut import measure_decode, split_detector
+from hagrid_edge.quantize.onnx_files import save_onnx_with_spec
 from hagrid_edge.spec import resolve_spec, sidecar_path
 
 
