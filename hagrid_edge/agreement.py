@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from hagrid_edge.data.annotations import Sample
-from hagrid_edge.evaluate import coco_detections, coco_ground_truth, coco_map
+from hagrid_edge.evaluate import score_detections
 from hagrid_edge.processing import Detections
 
 
@@ -34,7 +34,7 @@ def as_samples(samples: Sequence[Sample], dets: Sequence[Detections], sizes: Seq
 def detection_agreement(reference: Sequence[Sample], candidate: Sequence[Detections],
                         sizes: Sequence[tuple[int, int]], task: str) -> dict:
     """COCO mAP50-95 / mAP50 (percent) of ``candidate`` against the FP32 detections in ``reference``."""
-    result = coco_map(coco_ground_truth(reference, sizes, task), coco_detections(candidate, task))
+    result = score_detections(reference, sizes, candidate, task)
     boxes = sum(len(s.labels) for s in reference)
     return {"mAP50_95": result["mAP50_95"], "mAP50": result["mAP50"], "images": len(reference), "boxes": boxes}
 

@@ -97,11 +97,17 @@ def run_detector(predict: Callable, samples: Sequence[Sample], progress: bool = 
     return dets, sizes
 
 
+def score_detections(samples: Sequence[Sample], sizes: Sequence[tuple[int, int]], dets: Sequence[Detections],
+                     task: str) -> dict:
+    """COCO mAP of one detection list per sample against the samples' boxes (``task`` classes)."""
+    return coco_map(coco_ground_truth(samples, sizes, task), coco_detections(dets, task))
+
+
 def evaluate_detector(predict: Callable, samples: Sequence[Sample], task: str = "gestures",
                       progress: bool = True) -> dict:
     t0 = time.perf_counter()
     dets, sizes = run_detector(predict, samples, progress)
-    result = coco_map(coco_ground_truth(samples, sizes, task), coco_detections(dets, task))
+    result = score_detections(samples, sizes, dets, task)
     return {"task": task, "images": len(samples), **result, "seconds": round(time.perf_counter() - t0, 2)}
 
 

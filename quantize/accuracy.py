@@ -18,11 +18,9 @@ from hagrid_edge.agreement import as_samples, detection_agreement
 from hagrid_edge.deploy.common.backend import open_backend
 from hagrid_edge.evaluate import (
     EVAL_SCORE_THRESHOLD,
-    coco_detections,
-    coco_ground_truth,
-    coco_map,
     evaluate_classifier,
     run_detector,
+    score_detections,
 )
 from hagrid_edge.pipeline import CropClassifier, Detector, FrameClassifier, TwoStage
 from hagrid_edge.quantize.photo_sets import PhotoSet
@@ -106,8 +104,7 @@ class Scorer:
         dets, sizes = run_detector(pipe, samples, progress=False)
         idx = [k for k, s in enumerate(samples) if self.photos.labelled is None or s.image_id in self.photos.labelled]
         labelled = [samples[k] for k in idx]
-        r = coco_map(coco_ground_truth(labelled, [sizes[k] for k in idx], self.task),
-                     coco_detections([dets[k] for k in idx], self.task))
+        r = score_detections(labelled, [sizes[k] for k in idx], [dets[k] for k in idx], self.task)
         agreement = {}
         if self.truth is not None:
             a = detection_agreement(self.truth, dets, sizes, self.task)

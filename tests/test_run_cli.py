@@ -159,10 +159,10 @@ def test_bad_inputs(gesture_video: Path, hand_detector: Path, tmp_path: Path,
 
     line = _error_line(capsys, ["run", "--engine", str(hand_detector), "--source", str(tmp_path / "nope.mp4")])
     assert "--source" in line and "no such file" in line
-    fake_video = tmp_path / "fake.mp4"
-    fake_video.write_bytes(os.urandom(2048))
+    corrupt_video = tmp_path / "corrupt.mp4"  # random bytes: a real file no decoder opens
+    corrupt_video.write_bytes(os.urandom(2048))
     assert "cannot open it" in _error_line(capsys, ["run", "--engine", str(hand_detector),
-                                                    "--source", str(fake_video)])
+                                                    "--source", str(corrupt_video)])
     assert "cannot open it" in _error_line(capsys, ["run", "--engine", str(hand_detector),
                                                     "--source", "/dev/video99"])
     line = _error_line(capsys, ["run", "--engine", str(hand_detector), *src, "--output", str(tmp_path / "o.gif")])

@@ -92,15 +92,20 @@ class TrainConfig:
     def task(self) -> str:
         return task_of(self.model.name)
 
+    @property
+    def classes(self) -> list[str]:
+        """``model.classes``, or the default of the model's task and mode."""
+        return list(self.model.classes) if self.model.classes else default_classes(self.model.name, self.model.mode)
+
     def model_config(self) -> ModelConfig:
         m = self.model
         if m.name in ONNX_MODELS:  # the input contract and layers come from the ONNX file
-            return onnx_model(m.name, m.init or "", list(m.classes or default_classes(m.name, m.mode)), m.crop)[1]
+            return onnx_model(m.name, m.init or "", self.classes, m.crop)[1]
         detector = self.task == "detector"
         imagenet_mean, imagenet_std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
         return ModelConfig(
             name=m.name,
-            classes=list(m.classes) if m.classes else default_classes(m.name, m.mode),
+            classes=self.classes,
             input_size=tuple(m.input_size or ((320, 320) if detector else (224, 224))),
             mean=tuple(m.mean or ((127.5,) * 3 if detector else imagenet_mean)),
             std=tuple(m.std or ((127.5,) * 3 if detector else imagenet_std)),

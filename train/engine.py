@@ -28,13 +28,18 @@ from hagrid_edge.deploy.common.torch_backend import TorchBackend
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.evaluate import (
     EVAL_SCORE_THRESHOLD,
-    coco_detections,
-    coco_ground_truth,
-    coco_map,
     evaluate_classifier,
     run_detector,
+    score_detections,
 )
-from hagrid_edge.models import ONNX_MODELS, RawSSD, build_model, load_weights, model_spec, onnx_model
+from hagrid_edge.models import (
+    ONNX_MODELS,
+    RawSSD,
+    build_model,
+    load_weights,
+    model_spec,
+    onnx_model,
+)
 from hagrid_edge.pipeline import CropClassifier, Detector, FrameClassifier
 from hagrid_edge.spec import ModelSpec
 from hagrid_edge.train import distributed
@@ -80,7 +85,7 @@ def evaluate_model(model: nn.Module, spec: ModelSpec, samples: list[Sample], han
     dets, sizes = run_detector(Detector(backend, EVAL_SCORE_THRESHOLD), samples, progress)
     out: dict[str, float] = {}
     for task in ("hands",) if hands_only else ("gestures", "hands"):
-        r = coco_map(coco_ground_truth(samples, sizes, task), coco_detections(dets, task))
+        r = score_detections(samples, sizes, dets, task)
         out[f"{task}/mAP50_95"], out[f"{task}/mAP50"] = r["mAP50_95"], r["mAP50"]
     return out
 
@@ -130,17 +135,17 @@ class Trainer:
 
     def _build_model(self, init: bool) -> None:
         """The model (from ``model.init`` weights unless resuming), its spec and provenance."""
-        cfg = self.cfg
-        self.model_cfg = cfg.model_config()
-        self.model = build_model(self.model_cfg)
+        cfg, m = self.cfg, self.cfg.model
         self.init_report = None
-        if cfg.model.init and init:
-            if cfg.model.name in ONNX_MODELS:
-                self.model, _, self.init_report = onnx_model(cfg.model.name, cfg.model.init, self.model_cfg.classes,
-                                                             cfg.model.crop)
-            else:
-                self.init_report = load_weights(self.model, cfg.model.init, cfg.model.name)
-            self.log(f"init from {cfg.model.init}: {self.init_report.summary()}")
+        if m.name in ONNX_MODELS and init:  # the file gives the layers, their weights and the input contract
+            self.model, self.model_cfg, self.init_report = onnx_model(m.name, m.init, cfg.classes, m.crop)
+        else:
+            self.model_cfg = cfg.model_config()
+            self.model = build_model(self.model_cfg)
+            if m.init and init:
+                self.init_report = load_weights(self.model, m.init, m.name)
+        if self.init_report is not None:
+            self.log(f"init from {m.init}: {self.init_report.summary()}")
         self.provenance = {"config": cfg.to_dict(), "init": cfg.model.init, "torch": str(torch.__version__)}
         self.spec = model_spec(self.model_cfg, self.model, {"trained_on": f"{cfg.data.root}:{cfg.data.train_split}"})
         self.hands_only = list(self.model_cfg.classes) == ["hand"]
