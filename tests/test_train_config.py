@@ -30,6 +30,9 @@ def test_shipped_configs_are_valid(path):
     ({"train": {"optimizer": "lion"}}, r"train\.optimizer"),
     ({"augment": {"hflip": 2}}, r"augment\.hflip"),
     ({"data": ["root"]}, r"data: expected a mapping"),
+    ({"train": {"teacher": "/nonexistent/t.onnx"}}, r"train\.teacher: only hand-crop classifiers"),
+    ({"train": {"distill_alpha": 1.5}}, r"train\.distill_alpha: must be in \[0, 1\]"),
+    ({"augment": {"jitter": 0.7}}, r"augment\.jitter"),
 ])
 def test_bad_config_names_the_key(data, message):
     with pytest.raises(ConfigError, match=message):

@@ -12,6 +12,8 @@ import time
 import pytest
 import yaml
 
+from hagrid_edge.data.annotations import load_split
+from hagrid_edge.data.crops import photo_crops
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.models import load_model
 from hagrid_edge.train.config import from_dict
@@ -95,6 +97,25 @@ def test_classifier_trains_and_reports_f1(tmp_path, mini_root):
     assert "f1" in result["history"][0]
     _, spec, _ = load_model(tmp_path / "clf" / "last.pt")
     assert spec.task == "classifier" and spec.output_names["logits"] == "logits"
+
+
+def test_crop_classifier_distils_from_the_teacher_at_the_detector_boxes(tmp_path, mini_root, crop_classifier,
+                                                                       hand_detector, capsys):
+    cfg = _config(mini_root, tmp_path / "distil", batch_size=4, epoch_samples=8, teacher=str(crop_classifier),
+                  distill_alpha=0.7)
+    cfg["model"] = {"name": "onnx_classifier", "init": str(crop_classifier)}
+    cfg["data"]["detector"] = str(hand_detector)
+    trainer = Trainer(from_dict(cfg), progress=False)
+    ds = trainer.train_set
+    assert ds.soft is not None and len(ds.soft) == len(ds.samples)
+    hands = len(photo_crops(load_split(mini_root, "train", ["call", "palm"])[:4], trainer.spec.classes))
+    assert len(ds.samples) > hands and all(s.box is not None for s in ds.samples)  # + the detector's boxes
+    result = trainer.fit()
+    log = capsys.readouterr()
+    assert "crops at" in log.out + log.err and "teacher" in log.out + log.err
+    assert result["history"][0]["train/kl"] >= 0 and "f1" in result["history"][0]
+    _, spec, _ = load_model(tmp_path / "distil" / "last.pt")
+    assert spec.crop == {"kind": "square", "expand": 1.0} and len(spec.classes) == 19
 
 
 def test_sigint_leaves_the_last_checkpoint_loadable(tmp_path, mini_root):

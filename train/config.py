@@ -44,6 +44,8 @@ class DataSection:
     train_split: str = "train"
     val_split: str | None = "val"
     crops: str | None = None  # hand-crop classifiers: a crop folder (<part>/<class>/<image>) added to the split's hands
+    detector: str | None = None  # hand-crop classifiers: also crops at this hand detector's boxes on the train photos
+    detector_min_score: float = 0.3
     targets: list[str] | None = None  # gesture files to use (default: all)
     workers: int = 2
     limit: int | None = None  # first N training samples (smoke runs)
@@ -56,6 +58,7 @@ class AugmentSection:
     crop: float = 0.5
     min_crop: float = 0.4
     color: float = 0.3
+    jitter: float = 0.1  # hand-crop classifiers: box corners moved by up to this share of the box size
 
 
 @dataclass
@@ -77,6 +80,8 @@ class TrainSection:
     patience: int | None = None  # early stopping: epochs without improvement of the val metric
     min_delta: float = 0.0
     seed: int = 0
+    teacher: str | None = None  # hand-crop classifiers: distil from this classifier (ONNX) at each crop's box
+    distill_alpha: float = 0.5  # weight of the teacher's KL; the rest is cross-entropy on labelled crops
     log_every: int = 10  # TensorBoard scalars every N steps
 
 
@@ -186,6 +191,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(cfg.model.crop is None or cfg.model.name == "onnx_classifier", "model.crop",
          "only hand-crop classifiers (onnx_classifier) take a crop")
     need(cfg.data.crops is None or Path(cfg.data.crops).is_dir(), "data.crops", f"{cfg.data.crops}: no such folder")
+    crop_model = cfg.model.name == "onnx_classifier"
+    for key, path in (("data.detector", cfg.data.detector), ("train.teacher", cfg.train.teacher)):
+        need(path is None or crop_model, key, "only hand-crop classifiers (onnx_classifier) take one")
+        need(path is None or Path(path).is_file(), key, f"{path}: no such model file")
+    need(0 <= cfg.train.distill_alpha <= 1, "train.distill_alpha", "must be in [0, 1]")
+    need(0 <= cfg.augment.jitter < 0.5, "augment.jitter", "must be in [0, 0.5)")
     need(cfg.model.mode in ("gestures", "hands"), "model.mode", f"must be gestures or hands, got {cfg.model.mode!r}")
     mc = cfg.model_config()
     need(len(mc.input_size) == 2 and min(mc.input_size) > 0, "model.input_size", "must be [height, width] > 0")

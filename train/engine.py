@@ -22,8 +22,9 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Samp
 from tqdm import tqdm
 
 from hagrid_edge.data.annotations import Sample, load_split
-from hagrid_edge.data.crops import CropDataset, folder_crops, photo_crops
+from hagrid_edge.data.crops import CropDataset, detected_crops, folder_crops, photo_crops
 from hagrid_edge.data.datasets import ClassificationDataset, DetectionDataset, collate, normalize
+from hagrid_edge.deploy.common.backend import open_backend
 from hagrid_edge.deploy.common.torch_backend import TorchBackend
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.evaluate import (
@@ -46,6 +47,7 @@ from hagrid_edge.train import distributed
 from hagrid_edge.train.augment import BoxSafeAugment
 from hagrid_edge.train.checkpoint import BEST, LAST, load_for_resume, save_checkpoint
 from hagrid_edge.train.config import TrainConfig
+from hagrid_edge.train.distill import distill_loss, teacher_targets
 from hagrid_edge.train.ema import ModelEMA
 
 
@@ -90,12 +92,14 @@ def evaluate_model(model: nn.Module, spec: ModelSpec, samples: list[Sample], han
     return out
 
 
-def _step_loss(raw: nn.Module, outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]]
-               ) -> tuple[torch.Tensor, dict[str, float]]:
+def _step_loss(raw: nn.Module, outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]],
+               distill_alpha: float) -> tuple[torch.Tensor, dict[str, float]]:
     if isinstance(raw, RawSSD):
         parts = raw.loss(outputs, targets)
         return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
     gesture = torch.stack([t["gesture"] for t in targets])
+    if "soft" in targets[0]:  # a hand-crop classifier learning from a teacher
+        return distill_loss(outputs["logits"], torch.stack([t["soft"] for t in targets]), gesture, distill_alpha)
     logits = {k: v.float() for k, v in outputs.items()}
     g_loss = F.cross_entropy(logits["logits"], gesture)
     if "leading_hand" not in logits:  # a hand-crop classifier: one head
@@ -176,16 +180,29 @@ class Trainer:
             raise HagridEdgeError(f"{cfg.data.root} [{cfg.data.train_split}]: too few samples for one batch")
 
     def _crop_set(self, photos: list[Sample]) -> CropDataset:
-        """The hands of the split's photos, plus a crop folder (``data.crops``) when one is named."""
-        cfg, classes = self.cfg, self.spec.classes
+        """The hands of the split's photos, plus a crop folder (``data.crops``) and crops at a hand
+        detector's boxes (``data.detector``) when named; with ``train.teacher`` its targets for all."""
+        cfg, classes, teacher = self.cfg, self.spec.classes, self.cfg.train.teacher
         crops = photo_crops(photos, classes)
         self.log(f"{len(crops)} hand crops from the {cfg.data.train_split} photos")
+        if cfg.data.detector:
+            detector = Detector(open_backend(cfg.data.detector, threads=1), cfg.data.detector_min_score)
+            found = detected_crops(photos, detector, classes, cfg.data.detector_min_score)
+            self.log(f"{len(found)} crops at {cfg.data.detector}'s boxes "
+                     f"({sum(s.label is None for s in found)} match no annotated hand)")
+            crops += found
         if cfg.data.crops:
-            found = folder_crops(cfg.data.crops, classes)
+            found = folder_crops(cfg.data.crops, classes, keep_unknown=teacher is not None)
             self.log(f"{cfg.data.crops}: {found.summary()}")
             crops += found.samples
+        soft = None
+        if teacher:
+            t0 = time.perf_counter()
+            soft = teacher_targets(teacher, crops, self.spec, threads=1)
+            self.log(f"teacher {teacher}: targets for {len(crops)} crops in {time.perf_counter() - t0:.0f} s")
         a = cfg.augment
-        return CropDataset(crops, self.spec, train=True, seed=cfg.train.seed, hflip=a.hflip, color=a.color)
+        return CropDataset(crops, self.spec, train=True, seed=cfg.train.seed, jitter=a.jitter, hflip=a.hflip,
+                           color=a.color, soft=soft)
 
     def _sampler(self) -> Sampler:
         """Shuffled; a crop set is also balanced (weight 1/sqrt(class count)): its folders hold ten times
@@ -196,7 +213,7 @@ class Trainer:
             return DistributedSampler(self.train_set, shuffle=True, seed=seed, drop_last=True)
         generator = torch.Generator().manual_seed(seed)
         if isinstance(self.train_set, CropDataset):
-            labels = [s.label for s in self.train_set.samples]
+            labels = [s.label or "" for s in self.train_set.samples]
             counts = {c: labels.count(c) for c in set(labels)}
             weights = [counts[c] ** -0.5 for c in labels]
             return WeightedRandomSampler(weights, n or len(labels), replacement=True, generator=generator)
@@ -292,7 +309,7 @@ class Trainer:
             targets = [{k: v.to(self.device) for k, v in tg.items()} for tg in targets]
             with torch.autocast(self.device.type, enabled=self.cuda and t.amp):
                 outputs = self.net(x)
-            loss, parts = _step_loss(raw, outputs, targets)
+            loss, parts = _step_loss(raw, outputs, targets, t.distill_alpha)
             if not torch.isfinite(loss):
                 raise HagridEdgeError(f"loss became {float(loss)} at epoch {epoch + 1}; lower train.lr "
                                       f"(now {t.lr}) or raise train.warmup_epochs")
