@@ -22,7 +22,7 @@ from hagrid_edge.deploy.common.backend import BACKENDS, Backend, open_backend
 from hagrid_edge.errors import HagridEdgeError, SpecError
 from hagrid_edge.paths import DEFAULT_MODELS
 from hagrid_edge.pipeline import StageTimes
-from hagrid_edge.processing import Geometry, output, resize_frame, square_crop_box, to_tensor
+from hagrid_edge.processing import Geometry, crop_box, output, resize_frame, to_tensor
 from hagrid_edge.spec import ModelSpec, resolve_spec, sha256_file
 
 DEFAULT_LANDMARKS = DEFAULT_MODELS / "hand_landmark_lite.tflite"
@@ -102,14 +102,12 @@ class HandLandmarks:
                 "presence": round(float(self.presence[index]), 4)}
 
 
-def _crop(frame: np.ndarray, box: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, Geometry, tuple[int, int]]:
-    """The square hand crop resized to the model input, its geometry and its top-left corner in the frame."""
-    fh, fw = frame.shape[:2]
-    x1, y1, x2, y2 = square_crop_box(box, fw, fh, float(spec.crop["expand"]))  # type: ignore[index]
-    x1, y1 = int(np.floor(x1)), int(np.floor(y1))
-    x2, y2 = max(int(np.ceil(x2)), x1 + 1), max(int(np.ceil(y2)), y1 + 1)
+def hand_input(frame: np.ndarray, box: np.ndarray, spec: ModelSpec) -> tuple[np.ndarray, Geometry, tuple[int, int]]:
+    """The model input for one hand box (the spec's square crop, resized and normalised), its geometry and
+    the crop's top-left corner in the frame: what the landmarker runs, and what INT8 calibration reads."""
+    x1, y1, x2, y2 = crop_box(box, frame.shape[1], frame.shape[0], spec.crop)
     image, geo = resize_frame(frame[y1:y2, x1:x2], spec)
-    return image, geo, (x1, y1)
+    return to_tensor(image[None], spec), geo, (x1, y1)
 
 
 def _to_frame(points: np.ndarray, geo: Geometry, corner: tuple[int, int]) -> np.ndarray:
@@ -133,8 +131,7 @@ class Landmarker:
         points, presence = [], []
         for box in np.asarray(boxes, np.float32).reshape(-1, 4):
             t0 = time.perf_counter()
-            image, geo, corner = _crop(frame, box, self.spec)
-            x = to_tensor(image[None], self.spec)
+            x, geo, corner = hand_input(frame, box, self.spec)
             t1 = time.perf_counter()
             out = self.backend.infer(x)
             t2 = time.perf_counter()

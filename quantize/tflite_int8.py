@@ -169,8 +169,10 @@ class TFLiteCandidates:
     target = "tflite-int8"
 
     def __init__(self, float_tflite: Path, calib_inputs: Sequence[np.ndarray], make_spec, work: Path,
-                 input_range: tuple[float, float] | None = None, percentile: float = PERCENTILE) -> None:
-        """``calib_inputs``: batch-1 NCHW float32 model inputs; ``make_spec(path)``: the artifact's spec;
+                 input_range: tuple[float, float] | None = None, percentile: float = PERCENTILE,
+                 layout: str = "NCHW") -> None:
+        """``calib_inputs``: batch-1 float32 model inputs in ``layout`` (NCHW, as the ONNX models take them, or
+        NHWC, as a TFLite source's spec builds them); ``make_spec(path)``: the artifact's spec;
         ``input_range``: the input's exact value range (the normalisation of pixels 0..255), used instead of
         the calibrated one, so int8 steps fall on pixel steps (lossless for (x - 127) / 128);
         ``percentile``: of each activation's calibration values (100: min/max), as the QDQ ONNX's."""
@@ -190,7 +192,8 @@ class TFLiteCandidates:
         key, sig = next(iter(signatures.items()))
         (arg,) = sig["inputs"]
         arg_tensor = Interpreter(model_path=str(self.float_tflite)).get_input_details()[0]["name"]
-        nhwc = [np.ascontiguousarray(np.asarray(x, np.float32).transpose(0, 2, 3, 1)) for x in calib_inputs]
+        order = (0, 2, 3, 1) if layout == "NCHW" else (0, 1, 2, 3)
+        nhwc = [np.ascontiguousarray(np.asarray(x, np.float32).transpose(order)) for x in calib_inputs]
         q = quantizer.Quantizer(str(self.float_tflite), recipe.static_wi8_ai8())
         with _quiet():
             self.qsvs = q.calibrate({key: [{arg: x} for x in nhwc[:RANGE_PROBE_INPUTS]]}, num_threads=2)

@@ -42,7 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subset", action="store_true",
                    help="calibrate on the HaGRID subsample of --data (the only calibration source; kept for "
                         "the documented command line)")
-    p.add_argument("--model", type=Path, help="FP32 ONNX (default: the README's hand detector)")
+    p.add_argument("--model", type=Path,
+                   help="FP32 ONNX or training checkpoint (default: the README's hand detector), or a hand landmark "
+                        ".tflite (e.g. assets/models/hand_landmark_lite.tflite: its INT8 TFLite, guarded in pixels)")
     p.add_argument("--spec", type=Path, help="spec file for a model with none embedded or beside it")
     p.add_argument("--classifier", type=Path,
                    help="FP32 ONNX hand-crop classifier run behind --model: both are calibrated and the two-stage "
@@ -59,6 +61,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
                    help="smallest accepted agreement with the FP32 model on the tune photos: mAP50-95 of the INT8 "
                         f"detections against FP32's own (default {DEFAULT_MIN_AGREEMENT})")
+    p.add_argument("--max-point-error", type=float, default=None, metavar="PCT",
+                   help="hand landmark models: largest accepted mean INT8-vs-FP32 point distance on the tune photos, "
+                        "in %% of the hand box's long side (default 1.5)")
+    p.add_argument("--max-presence-diff", type=float, default=None, metavar="P",
+                   help="hand landmark models: largest accepted mean presence-score difference (default 0.02)")
     p.add_argument("--limit", type=int, help="use only the first N subsample images")
     p.add_argument("--eval-limit", type=int, help="use at most N tune and N report photos in the guard")
     p.add_argument("--no-guard", action="store_true", help="skip the accuracy guard and mixed precision")
@@ -87,7 +94,12 @@ def run(args: argparse.Namespace) -> int:
         raise HagridEdgeError(f"--min-agreement must be within 0..100, got {args.min_agreement}")
     if args.eval_limit is not None and args.eval_limit <= 0:
         raise HagridEdgeError(f"--eval-limit must be positive, got {args.eval_limit}")
-    opts = Options(model=args.model or default_model(), data=args.data or default_data(), out=args.out,
+    model = args.model or default_model()
+    if model.suffix.lower() == ".tflite":
+        return _landmarks(args, model)
+    if args.max_point_error is not None or args.max_presence_diff is not None:
+        raise HagridEdgeError("--max-point-error / --max-presence-diff: only for a hand landmark .tflite --model")
+    opts = Options(model=model, data=args.data or default_data(), out=args.out,
                    targets=args.targets, method=args.method, max_drop=args.max_drop,
                    min_agreement=args.min_agreement, limit=args.limit, spec_file=args.spec,
                    classifier=args.classifier, classifier_spec=args.classifier_spec, trt_version=args.trt_version,
@@ -96,6 +108,31 @@ def run(args: argparse.Namespace) -> int:
     print(report.markdown(), end="")
     failed = [t.target for t in report.targets if t.error] + [p.target for p in report.pairs if p.error]
     return 2 if failed else 0
+
+
+def _landmarks(args: argparse.Namespace, model: Path) -> int:
+    """A TFLite --model: a hand landmark model, quantized TFLite -> TFLite (quantize/landmarks_int8.py)."""
+    from hagrid_edge.errors import HagridEdgeError
+    from hagrid_edge.quantize.landmarks_int8 import (
+        DEFAULT_MAX_POINT_ERROR,
+        DEFAULT_MAX_PRESENCE_DIFF,
+        LandmarkOptions,
+        calibrate_landmarks,
+    )
+
+    if args.classifier is not None:
+        raise HagridEdgeError(f"--classifier {args.classifier}: a hand landmark model runs on its own here")
+    max_error = DEFAULT_MAX_POINT_ERROR if args.max_point_error is None else args.max_point_error
+    max_presence = DEFAULT_MAX_PRESENCE_DIFF if args.max_presence_diff is None else args.max_presence_diff
+    if max_error < 0 or not 0 <= max_presence <= 1:
+        raise HagridEdgeError(f"--max-point-error must be >= 0 and --max-presence-diff within 0..1, got {max_error} "
+                              f"and {max_presence}")
+    report = calibrate_landmarks(LandmarkOptions(
+        model=model, data=args.data or default_data(), out=args.out, targets=args.targets, method=args.method,
+        max_point_error=max_error, max_presence_diff=max_presence, limit=args.limit, spec_file=args.spec,
+        eval_limit=args.eval_limit, threads=args.threads, guard=not args.no_guard))
+    print(report.markdown(), end="")
+    return 2 if any(t.error for t in report.targets) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
