@@ -167,6 +167,19 @@ class TwoHeadClassifier(nn.Module):
         return {"logits": self.gesture_head(z), "leading_hand": self.leading_hand_head(z)}
 
 
+class MirroredClassifier(OnnxNet):
+    """An imported crop classifier that, once trained (eval mode), answers the mean of its
+    probabilities for the crop and its mirror image, as logits (their log). Our classes are all
+    mirror-symmetric, so the mirror is a second look at the same gesture: the label depends less on
+    a pixel of box placement. Training runs single views (with random flips), at the plain cost."""
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        if self.training:
+            return super().forward(x)
+        probs = [torch.softmax(super(MirroredClassifier, self).forward(v)["logits"], 1) for v in (x, x.flip(3))]
+        return {"logits": torch.log(((probs[0] + probs[1]) / 2).clamp_min(1e-12))}
+
+
 # ---- building ----------------------------------------------------------------------------------
 @dataclass
 class ModelConfig:
@@ -182,11 +195,13 @@ class ModelConfig:
     crop: dict[str, Any] | None = None  # hand-crop classifiers: the crop their input is cut with
     graph: dict[str, Any] | None = None  # ONNX_MODELS: the layer plan (hagrid_edge.onnx_import)
     priors: list[list[float]] | None = None  # onnx_ssd: its priors, (cx, cy, w, h) input pixels
+    mirror: bool = False  # onnx_classifier: answer the mean over the crop and its mirror (MirroredClassifier)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"name": self.name, "classes": list(self.classes), "input_size": list(self.input_size),
                "mean": list(self.mean), "std": list(self.std), "pad_value": self.pad_value}
-        extra = {"resize": self.resize, "crop": self.crop, "graph": self.graph, "priors": self.priors}
+        extra = {"resize": self.resize, "crop": self.crop, "graph": self.graph, "priors": self.priors,
+                 "mirror": self.mirror or None}
         return {**out, **{k: v for k, v in extra.items() if v not in (None, "letterbox")}}
 
 
@@ -205,7 +220,9 @@ def build_model(cfg: ModelConfig) -> nn.Module:
     if cfg.name in ONNX_MODELS:
         if cfg.graph is None:
             raise HagridEdgeError(f"model.init: {cfg.name} takes its layers from an ONNX file; name one")
-        return ImportedSSD(cfg.graph, cfg.priors or []) if cfg.name == "onnx_ssd" else OnnxNet(cfg.graph)
+        if cfg.name == "onnx_ssd":
+            return ImportedSSD(cfg.graph, cfg.priors or [])
+        return MirroredClassifier(cfg.graph) if cfg.mirror else OnnxNet(cfg.graph)
     if task_of(cfg.name) == "detector":
         if tuple(cfg.input_size) != (320, 320):
             raise HagridEdgeError(f"model.input_size: {cfg.name} takes 320x320, not {list(cfg.input_size)}")
@@ -261,7 +278,7 @@ def model_config_of(payload: dict[str, Any], source: str) -> ModelConfig:
     m = payload["model"]
     return ModelConfig(m["name"], list(m["classes"]), tuple(m["input_size"]), tuple(m["mean"]), tuple(m["std"]),
                        int(m["pad_value"]), m.get("resize", "letterbox"), m.get("crop"), m.get("graph"),
-                       m.get("priors"))
+                       m.get("priors"), bool(m.get("mirror", False)))
 
 
 def load_model(path: str | Path, use_ema: bool = True) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
@@ -349,13 +366,14 @@ def load_weights(model: nn.Module, path: str | Path, name: str) -> LoadReport:
 
 
 # ---- models imported from ONNX -----------------------------------------------------------------
-def onnx_model(name: str, path: str | Path, classes: list[str], crop: str | None = None
+def onnx_model(name: str, path: str | Path, classes: list[str], crop: str | None = None, mirror: bool = False
                ) -> tuple[nn.Module, ModelConfig, LoadReport]:
     """``name`` (an ``ONNX_MODELS`` entry) built from the ONNX file ``path`` with heads for ``classes``.
 
     Every layer keeps the file's weights except the class head, which gets one output per class
     (detectors: plus the background); the report names the layers that were replaced. ``crop``
-    (hand-crop classifiers) changes how hands are cut: ``box`` crops the box itself and letterboxes it.
+    (hand-crop classifiers) changes how hands are cut: ``box`` crops the box itself and letterboxes it;
+    ``mirror`` makes a classifier answer for the crop and its mirror image (``MirroredClassifier``).
     """
     if Path(path).suffix.lower() != ".onnx":
         raise HagridEdgeError(f"model.init: {name} takes its layers from an ONNX file, not {path}")
@@ -372,7 +390,7 @@ def onnx_model(name: str, path: str | Path, classes: list[str], crop: str | None
     if crop is not None and (spec.crop or {}).get("kind") != crop:
         resize, how = ("letterbox" if crop == "box" else "stretch"), {"kind": crop, "expand": 1.0}
     cfg = ModelConfig(name, list(classes), tuple(spec.input_size), tuple(spec.mean), tuple(spec.std),
-                      spec.pad_value, resize, how, net.plan, priors)
+                      spec.pad_value, resize, how, net.plan, priors, mirror and name == "onnx_classifier")
     model = build_model(cfg)
     state = {("net." if name == "onnx_ssd" else "") + k: v for k, v in net.state_dict().items()}
     model.load_state_dict(state)

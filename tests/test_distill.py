@@ -112,3 +112,25 @@ def test_flip_share_counts_label_changes_under_box_moves(hand_detector, crop_cla
     assert still["hands"] > 0 and still["flip_percent"] == [0.0]
     moved = flip_share(detector, [classifier], photos, shift=12.0)
     assert moved["hands"] == still["hands"] and 0 < moved["flip_percent"][0] <= 100
+
+
+def test_a_mirrored_classifier_answers_for_the_crop_and_its_mirror_and_exports(crop_classifier, student, photos):
+    import onnxruntime as ort
+
+    from hagrid_edge.export import to_onnx_bytes
+
+    plain, _, _ = onnx_model("onnx_classifier", crop_classifier, list(DETECTOR_CLASSES))
+    mirrored, cfg, _ = onnx_model("onnx_classifier", crop_classifier, list(DETECTOR_CLASSES), mirror=True)
+    assert cfg.mirror and cfg.to_dict()["mirror"] is True
+    frame = read_rgb(photos[0].image_path)
+    x = torch.from_numpy(crop_inputs(frame, photos[0].boxes_xyxy(frame.shape[1], frame.shape[0]), student))
+    with torch.no_grad():
+        mirrored.train()
+        assert torch.equal(mirrored(x)["logits"], plain(x)["logits"])  # training: single views
+        mirrored.eval()
+        want = (torch.softmax(plain(x)["logits"], 1) + torch.softmax(plain(x.flip(3))["logits"], 1)) / 2
+        got = mirrored(x)["logits"]
+    assert torch.allclose(torch.softmax(got, 1), want, atol=1e-6)
+    session = ort.InferenceSession(to_onnx_bytes(mirrored, model_spec(cfg, mirrored), 17))
+    onnx_logits = session.run(None, {"input": x.numpy()})[0]
+    assert np.allclose(torch.softmax(torch.from_numpy(onnx_logits), 1).numpy(), want.numpy(), atol=1e-5)

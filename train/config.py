@@ -36,6 +36,7 @@ class ModelSection:
     std: list[float] | None = None
     pad_value: int = 114
     crop: str | None = None  # hand-crop classifiers: square (the box grown to a square) or box; default: init's
+    mirror: bool = False  # hand-crop classifiers: once trained, answer the mean over the crop and its mirror
 
 
 @dataclass
@@ -105,7 +106,7 @@ class TrainConfig:
     def model_config(self) -> ModelConfig:
         m = self.model
         if m.name in ONNX_MODELS:  # the input contract and layers come from the ONNX file
-            return onnx_model(m.name, m.init or "", self.classes, m.crop)[1]
+            return onnx_model(m.name, m.init or "", self.classes, m.crop, m.mirror)[1]
         detector = self.task == "detector"
         imagenet_mean, imagenet_std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
         return ModelConfig(
@@ -190,6 +191,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     need(cfg.model.crop in (None, *CROP_KINDS), "model.crop", f"must be one of {', '.join(CROP_KINDS)}")
     need(cfg.model.crop is None or cfg.model.name == "onnx_classifier", "model.crop",
          "only hand-crop classifiers (onnx_classifier) take a crop")
+    need(not cfg.model.mirror or cfg.model.name == "onnx_classifier", "model.mirror",
+         "only hand-crop classifiers (onnx_classifier) answer for a mirror image")
     need(cfg.data.crops is None or Path(cfg.data.crops).is_dir(), "data.crops", f"{cfg.data.crops}: no such folder")
     crop_model = cfg.model.name == "onnx_classifier"
     for key, path in (("data.detector", cfg.data.detector), ("train.teacher", cfg.train.teacher)):

@@ -142,7 +142,7 @@ class Trainer:
         cfg, m = self.cfg, self.cfg.model
         self.init_report = None
         if m.name in ONNX_MODELS and init:  # the file gives the layers, their weights and the input contract
-            self.model, self.model_cfg, self.init_report = onnx_model(m.name, m.init, cfg.classes, m.crop)
+            self.model, self.model_cfg, self.init_report = onnx_model(m.name, m.init, cfg.classes, m.crop, m.mirror)
         else:
             self.model_cfg = cfg.model_config()
             self.model = build_model(self.model_cfg)
