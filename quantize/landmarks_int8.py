@@ -35,6 +35,7 @@ from hagrid_edge.quantize import calib_data
 from hagrid_edge.quantize.accuracy import Score
 from hagrid_edge.quantize.candidates import Candidate
 from hagrid_edge.quantize.choices import TARGETS
+from hagrid_edge.quantize.landmark_choices import DEFAULT_MAX_POINT_ERROR, DEFAULT_MAX_PRESENCE_DIFF
 from hagrid_edge.quantize.orchestrator import _attempt
 from hagrid_edge.quantize.photo_sets import PhotoSet, photo_sets
 from hagrid_edge.quantize.report import Report, StageReport, TargetResult
@@ -44,11 +45,6 @@ from hagrid_edge.quantize.tflite_fold import float32_tflite
 from hagrid_edge.quantize.tflite_int8 import PERCENTILE, QUANTIZER, TFLiteCandidates
 from hagrid_edge.spec import ModelSpec, save_sidecar, sha256_file
 
-# The limits, on the tune photos. 1.5 % of the hand box's long side is about 1.5 px on a 100 px hand in
-# hagrid512-mini: a third of what separates MediaPipe's own lite and full models (4.9 %), and below
-# the spread of the annotations' points. Presence decides whether a hand is kept (threshold 0.5).
-DEFAULT_MAX_POINT_ERROR = 1.0  # mean INT8-vs-FP32 point distance, % of the hand box's long side
-DEFAULT_MAX_PRESENCE_DIFF = 0.02  # mean |INT8 - FP32| presence score
 NOT_APPLICABLE = {
     "onnx-int8": "not applicable: the source is a TFLite file (no ONNX graph to place Q/DQ in)",
     "trt-cache": "not applicable: the source is a TFLite file (a TensorRT cache is made for an ONNX graph)",

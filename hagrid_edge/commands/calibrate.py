@@ -14,6 +14,7 @@ from hagrid_edge.quantize.choices import (
     METHODS,
     TARGETS,
 )
+from hagrid_edge.quantize.landmark_choices import DEFAULT_MAX_POINT_ERROR, DEFAULT_MAX_PRESENCE_DIFF
 
 
 def default_model() -> Path:
@@ -63,9 +64,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"detections against FP32's own (default {DEFAULT_MIN_AGREEMENT})")
     p.add_argument("--max-point-error", type=float, default=None, metavar="PCT",
                    help="hand landmark models: largest accepted mean INT8-vs-FP32 point distance on the tune photos, "
-                        "in %% of the hand box's long side (default 1.5)")
+                        f"in %% of the hand box's long side (default {DEFAULT_MAX_POINT_ERROR})")
     p.add_argument("--max-presence-diff", type=float, default=None, metavar="P",
-                   help="hand landmark models: largest accepted mean presence-score difference (default 0.02)")
+                   help="hand landmark models: largest accepted mean presence-score difference "
+                        f"(default {DEFAULT_MAX_PRESENCE_DIFF})")
     p.add_argument("--limit", type=int, help="use only the first N subsample images")
     p.add_argument("--eval-limit", type=int, help="use at most N tune and N report photos in the guard")
     p.add_argument("--no-guard", action="store_true", help="skip the accuracy guard and mixed precision")
@@ -113,12 +115,7 @@ def run(args: argparse.Namespace) -> int:
 def _landmarks(args: argparse.Namespace, model: Path) -> int:
     """A TFLite --model: a hand landmark model, quantized TFLite -> TFLite (quantize/landmarks_int8.py)."""
     from hagrid_edge.errors import HagridEdgeError
-    from hagrid_edge.quantize.landmarks_int8 import (
-        DEFAULT_MAX_POINT_ERROR,
-        DEFAULT_MAX_PRESENCE_DIFF,
-        LandmarkOptions,
-        calibrate_landmarks,
-    )
+    from hagrid_edge.quantize.landmarks_int8 import LandmarkOptions, calibrate_landmarks
 
     if args.classifier is not None:
         raise HagridEdgeError(f"--classifier {args.classifier}: a hand landmark model runs on its own here")
