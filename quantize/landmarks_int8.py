@@ -274,9 +274,10 @@ def calibrate_landmarks(opts: LandmarkOptions) -> LandmarkReport:
     """The float32 form, then INT8 guarded in pixels (see the module docstring); writes the report."""
     t_start = time.perf_counter()
     spec = landmark_source_spec(opts.model, opts.spec_file)
-    folded = float32_tflite(opts.model)  # a corrupt file fails here, before anything is written
-    opts.out.mkdir(parents=True, exist_ok=True)
+    folded = float32_tflite(opts.model)  # a corrupt file or bad data fail before anything is written
     inputs, photos, calibration = hand_inputs(opts.data, spec, opts.limit)
+    sets = dict(zip(("tune", "report"), photo_sets(opts.data, opts.eval_limit))) if opts.guard else {}  # noqa: B905
+    opts.out.mkdir(parents=True, exist_ok=True)
     stem = opts.model.stem
     fp32_path = opts.out / f"{stem}_fp32.tflite"
     source = {"source_file": opts.model.name, "source_sha256": sha256_file(opts.model)}
@@ -287,7 +288,6 @@ def calibrate_landmarks(opts: LandmarkOptions) -> LandmarkReport:
     check = fold_check(original, Landmarker(open_backend(fp32_path, spec=fp32_spec, threads=opts.threads)),
                        inputs[:FOLD_CHECK_INPUTS])
     limits = LandmarkLimits(opts.max_point_error, None, opts.max_presence_diff)
-    sets = dict(zip(("tune", "report"), photo_sets(opts.data, opts.eval_limit))) if opts.guard else {}  # noqa: B905
     report = LandmarkReport(model=str(opts.model), classifier=None, out=opts.out, method=opts.method,
                             max_drop=opts.max_point_error, min_agreement=0.0,
                             photo_sets={k: v.describe() for k, v in sets.items()},

@@ -146,20 +146,22 @@ def test_run_and_bench_take_the_int8_model(calibrated: Path, hand_detector: Path
     assert [r["precision"] for r in rows] == ["FP32", "INT8"] and all(r["latency"]["infer"]["median_ms"] > 0 for r in rows)
 
 
-@pytest.mark.parametrize("make", ["detector", "corrupt"])
-def test_bad_tflite_sources_are_one_line(make: str, hand_detector: Path, mini_root: Path, tmp_path: Path,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
-    model = tmp_path / "m.tflite"
+@pytest.mark.parametrize("make", ["detector", "corrupt", "no-subsample"])
+def test_bad_input_is_one_line_and_writes_nothing(make: str, mini_root: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    model, data = DEFAULT_LANDMARKS, mini_root
     if make == "detector":  # a TFLite whose spec is a detector's: the shipped INT8 hand detector
-        model = DEFAULT_LANDMARKS.with_name("hand_detector_int8.tflite")
-        want = "not a hand landmark model"
-    else:  # the landmark model's spec beside a truncated file
+        model, want = DEFAULT_LANDMARKS.with_name("hand_detector_int8.tflite"), "not a hand landmark model"
+    elif make == "corrupt":  # the landmark model's spec beside a truncated file
+        model, want = tmp_path / "m.tflite", "TFLite"
         model.write_bytes(DEFAULT_LANDMARKS.read_bytes()[:5000])
         model.with_name("m.tflite.json").write_text(DEFAULT_LANDMARKS.with_name(
             DEFAULT_LANDMARKS.name + ".json").read_text())
-        want = "TFLite"
+    else:  # a data root with no calibration subsample
+        data, want = tmp_path, "no HaGRID subsample"
     out = tmp_path / "out"
-    rc = main(["calibrate", "--model", str(model), "--data", str(mini_root), "--out", str(out), "--limit", "2"])
+    rc = main(["calibrate", "--model", str(model), "--data", str(data), "--out", str(out), "--limit", "2"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 1 and len(err) == 1 and str(model) in err[0] and want in err[0], err
+    assert rc == 1 and len(err) == 1 and want in err[0], err
+    assert str(model if make != "no-subsample" else data) in err[0]
     assert not out.exists()  # nothing written
