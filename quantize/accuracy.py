@@ -62,11 +62,15 @@ def detector_pipeline(threads: int | None) -> PipelineFactory:
     return make
 
 
-def paired_pipeline(detector: Path, detector_spec: ModelSpec, threads: int | None) -> PipelineFactory:
-    """The artifact as the crop classifier behind a fixed detector: the two-stage pipeline that runs."""
+def paired_pipeline(threads: int | None, detector: tuple[Path, ModelSpec] | None = None,
+                    classifier: tuple[Path, ModelSpec] | None = None) -> PipelineFactory:
+    """The two-stage pipeline that runs, with one stage fixed (``detector`` or ``classifier``: path, spec)
+    and the artifact as the other."""
     def make(path: Path, spec: ModelSpec):
-        det = Detector(open_backend(detector, spec=detector_spec, threads=threads), EVAL_SCORE_THRESHOLD)
-        return TwoStage(det, CropClassifier(open_backend(path, spec=spec, threads=threads)))
+        det_path, det_spec = detector or (path, spec)
+        cls_path, cls_spec = classifier or (path, spec)
+        det = Detector(open_backend(det_path, spec=det_spec, threads=threads), EVAL_SCORE_THRESHOLD)
+        return TwoStage(det, CropClassifier(open_backend(cls_path, spec=cls_spec, threads=threads)))
     return make
 
 

@@ -36,11 +36,11 @@ from hagrid_edge.quantize.accuracy import Score
 from hagrid_edge.quantize.candidates import Candidate
 from hagrid_edge.quantize.choices import TARGETS
 from hagrid_edge.quantize.landmark_choices import DEFAULT_MAX_POINT_ERROR, DEFAULT_MAX_PRESENCE_DIFF
-from hagrid_edge.quantize.orchestrator import _attempt
+from hagrid_edge.quantize.orchestrator import attempt
 from hagrid_edge.quantize.photo_sets import PhotoSet, photo_sets
 from hagrid_edge.quantize.report import Report, StageReport, TargetResult
 from hagrid_edge.quantize.sensitivity import Limits, mixed_precision
-from hagrid_edge.quantize.tflite_export import _quant, _with_embedded_spec, input_range
+from hagrid_edge.quantize.tflite_export import input_range, tensor_quant, with_embedded_spec
 from hagrid_edge.quantize.tflite_fold import float32_tflite
 from hagrid_edge.quantize.tflite_int8 import PERCENTILE, QUANTIZER, TFLiteCandidates
 from hagrid_edge.spec import ModelSpec, save_sidecar, sha256_file
@@ -183,15 +183,15 @@ def artifact_spec(tflite: Path, source: ModelSpec, provenance: dict) -> ModelSpe
     missing = [n for n in source.output_names.values() if n not in outs]
     if missing:
         raise HagridEdgeError(f"{tflite.name}: outputs {missing} of the source model are missing (has {list(outs)})")
-    output_quant = {role: q for role, n in source.output_names.items() if (q := _quant(outs[n])) is not None}
-    return replace(source, input_name=inp["name"], input_dtype=np.dtype(inp["dtype"]).name, input_quant=_quant(inp),
+    output_quant = {role: q for role, n in source.output_names.items() if (q := tensor_quant(outs[n])) is not None}
+    return replace(source, input_name=inp["name"], input_dtype=np.dtype(inp["dtype"]).name, input_quant=tensor_quant(inp),
                    output_quant=output_quant, provenance=provenance)
 
 
 def write_tflite(data: bytes, spec: ModelSpec, out_path: Path) -> None:
     """``data`` with ``spec`` embedded, written atomically; it must load and run under its spec first."""
     with atomic_path(out_path) as part:
-        part.write_bytes(_with_embedded_spec(data, spec))
+        part.write_bytes(with_embedded_spec(data, spec))
         backend = LiteRTBackend(part, spec, threads=1)  # the written file loads and runs under its spec
         h, w = spec.input_size
         backend.infer(np.zeros((1, h, w, 3), spec.input_dtype))
@@ -299,7 +299,7 @@ def calibrate_landmarks(opts: LandmarkOptions) -> LandmarkReport:
     report.stages.append(stage)
     if "tflite-int8" in opts.targets:
         result = TargetResult("tflite-int8", opts.out / f"{opts.model.stem}_int8.tflite")
-        stage.targets.append(_attempt(result, lambda: _int8(result, opts, fp32_spec, Stage(inputs, photos, calibration),
+        stage.targets.append(attempt(result, lambda: _int8(result, opts, fp32_spec, Stage(inputs, photos, calibration),
                                                             sets, limits)))
     report.seconds = round(time.perf_counter() - t_start, 2)
     report.write()

@@ -173,7 +173,7 @@ def _with_calibration(spec: ModelSpec, precision: str, calibration: dict, **extr
         **spec.provenance, "precision": precision, "calibration": calibration, **extra}})
 
 
-def _attempt(result: TargetResult, build: Callable[[], None]) -> TargetResult:
+def attempt(result: TargetResult, build: Callable[[], None]) -> TargetResult:
     """Run one target; a failure is recorded on its result (one line) and the other targets still run."""
     t0 = time.perf_counter()
     try:
@@ -194,6 +194,7 @@ class Calibration:
         self.limits = Limits(opts.max_drop, opts.min_agreement)
         self.sets: dict[str, PhotoSet] = {}
         self.truth: dict[tuple[str, str], list] = {}  # (pipeline, photo set) -> FP32 detections
+        self.classifier: Stage | None = None  # the crop classifier behind the detector, when there is one
 
     # ---- guard measures ------------------------------------------------------------------------
     def _truth(self, key: str, photos: PhotoSet, make: PipelineFactory, fp32: Candidate) -> list:
@@ -214,12 +215,19 @@ class Calibration:
             stage.reference[photos.name] = stage.scorers[photos.name].score(stage.fp32_path, stage.spec)
         return stage.scorers[photos.name]
 
+    def _pair_truth(self, det: Stage, cls: Stage, photos: PhotoSet) -> list:
+        return self._truth("pair", photos, paired_pipeline(self.opts.threads, detector=(det.fp32_path, det.spec)),
+                           cls.fp32_candidate)
+
     def pair_scorer(self, det: Stage, det_artifact: Candidate, cls: Stage, photos: PhotoSet) -> Scorer:
         """Any classifier artifact behind ``det_artifact``, against the FP32 pair's own gestures."""
-        truth = self._truth("pair", photos, paired_pipeline(det.fp32_path, det.spec, self.opts.threads),
-                            cls.fp32_candidate)
-        return Scorer(photos, "gestures", paired_pipeline(det_artifact.path, det_artifact.spec, self.opts.threads),
-                      truth)
+        make = paired_pipeline(self.opts.threads, detector=(det_artifact.path, det_artifact.spec))
+        return Scorer(photos, "gestures", make, self._pair_truth(det, cls, photos))
+
+    def detector_pair_scorer(self, det: Stage, cls: Stage, photos: PhotoSet) -> Scorer:
+        """Any detector artifact with the FP32 classifier behind it, against the FP32 pair's own gestures."""
+        make = paired_pipeline(self.opts.threads, classifier=(cls.fp32_path, cls.spec))
+        return Scorer(photos, "gestures", make, self._pair_truth(det, cls, photos))
 
     def pair_reference(self, det: Stage, cls: Stage, photos: PhotoSet) -> Score:
         key = f"pair-reference-{photos.name}"
@@ -229,8 +237,12 @@ class Calibration:
 
     # ---- one INT8 target of one stage --------------------------------------------------------------
     def guarded(self, stage: Stage, cands: Candidates, result: TargetResult, partner: Stage | None) -> Candidate:
-        """The candidate to ship: guarded on the tune photos (in the pair behind ``partner``'s INT8 form of
-        the same target when ``stage`` is the classifier), scored on the report photos."""
+        """The candidate to ship, guarded on the tune photos in the pipeline that runs and scored on the
+        report photos. A detector with a classifier behind it is guarded on the pair's gestures with the
+        FP32 classifier (the classifier's labels flip when a box moves by a pixel, so the hands' own
+        agreement does not promise the pair's); the classifier then in the pair behind ``partner``'s
+        INT8 form of the same target. Each answers for what its INT8 adds: the reference is the pair with
+        the stage's all-float form in the same format."""
         if not self.opts.guard:
             return cands.build()
         tune, report = self.sets["tune"], self.sets["report"]
@@ -239,17 +251,24 @@ class Calibration:
             if det_int8 is None:
                 raise HagridEdgeError(f"the detector's {cands.target} failed, so the classifier cannot be guarded "
                                       "in the pipeline")
-            # the classifier answers for what it adds: the reference is its FP32 form behind the same INT8 detector
             scorer = self.pair_scorer(partner, det_int8, stage, tune)
-            reference = scorer.score(stage.fp32_path, stage.spec)
-            result.baseline = reference
+            result.baseline = scorer.score(stage.fp32_path, stage.spec)
+            result.baseline_what = "FP32 classifier behind this INT8 detector"
+        elif self.classifier is not None:
+            scorer = self.detector_pair_scorer(stage, self.classifier, tune)
+            float_form = cands.build(float_layers=cands.units)
+            result.baseline = scorer.score(float_form.path, float_form.spec)
+            result.baseline_what = "the pair with this format's all-float detector and the FP32 classifier"
         else:
             scorer = self.standalone_scorer(stage, tune)
-            reference = stage.reference["tune"]
+        reference = result.baseline or stage.reference["tune"]
         guard = mixed_precision(cands, stage.fp32_candidate, stage.calib_photos, scorer, reference, self.limits)
         result.tune, result.within, result.trials = guard.score, guard.within, guard.trials
         result.float_layers, result.sensitivity = guard.candidate.float_layers, guard.sensitivity[:10]
         if partner is None:
+            if self.classifier is not None:  # the detector's own row stays on its own task
+                result.tune = self.standalone_scorer(stage, tune).score(guard.candidate.path, guard.candidate.spec)
+                result.within = guard.within and self.limits.holds(stage.reference["tune"], result.tune)
             result.report = self.standalone_scorer(stage, report).score(guard.candidate.path, guard.candidate.spec)
         return guard.candidate
 
@@ -268,7 +287,7 @@ class Calibration:
             result.float_nodes = onnx_int8.float_layers(qdq)
             save_onnx_with_spec(qdq, spec, path)
             stage.chosen["onnx-int8"] = Candidate(path, spec, chosen.float_layers)
-        return _attempt(result, build)
+        return attempt(result, build)
 
     def trt_cache(self, stage: Stage) -> TargetResult:
         """The cache for implicit INT8 from the FP32 graph; inputs of layers kept in float get no scale,
@@ -286,7 +305,7 @@ class Calibration:
             cache = trt_cache.write_cache(path, kept, self.opts.method, self.opts.trt_version)
             result.notes = (f"{len(cache.scales)} tensor scales, header TRT-{cache.version_tag}-{cache.algorithm} "
                             f"(build_engine.py retags it for the device's TensorRT); for {stage.fp32_path.name}")
-        return _attempt(result, build)
+        return attempt(result, build)
 
     def tflite(self, stage: Stage, partner: Stage | None, modes: list[str], work: Path) -> list[TargetResult]:
         """TFLite targets from one onnx2tf conversion of the FP32 compute graph (batch pinned to 1)."""
@@ -316,7 +335,7 @@ class Calibration:
                 prov = conv.provenance("int8", len(stage.inputs), chosen.float_layers)
                 spec = conv.write(chosen.path, result.path, {**prov, **source, "calibration": stage.calibration})
                 stage.chosen["tflite-int8"] = Candidate(result.path, spec, chosen.float_layers)
-            _attempt(result, build)
+            attempt(result, build)
         return results
 
     # ---- the whole pipeline ------------------------------------------------------------------------
@@ -351,6 +370,7 @@ def calibrate(opts: Options) -> Report:
             raise HagridEdgeError(f"--classifier {opts.classifier}: the same file as --model")
         cls = _stage(opts, opts.classifier, opts.classifier_spec, "--classifier")
         _check_pair(det.spec, cls.spec, opts)
+        run.classifier = cls
     if opts.guard:
         tune, report = photo_sets(opts.data, opts.eval_limit)
         run.sets = {"tune": tune, "report": report}

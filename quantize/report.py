@@ -31,7 +31,8 @@ def _drop(reference: Score | None, score: Score | None) -> dict:
 class TargetResult:
     target: str
     path: Path
-    baseline: Score | None = None  # what the guard compared with, where not the FP32 model (a classifier in a pair)
+    baseline: Score | None = None  # what the guard compared with, where not the FP32 model (a stage in a pair)
+    baseline_what: str = ""
     tune: Score | None = None  # the guard's final candidate on the tune photos
     report: Score | None = None  # the same artifact on the report photos
     within: bool | None = None  # None: not guarded
@@ -54,7 +55,7 @@ class TargetResult:
             if score is not None:
                 d[name] = {**score.as_dict(), "drop": _drop(reference.get(name), score)}
         if self.baseline is not None:
-            d["guarded_against"] = {**self.baseline.as_dict(), "what": "FP32 classifier behind this INT8 detector"}
+            d["guarded_against"] = {**self.baseline.as_dict(), "what": self.baseline_what}
         if self.within is not None:
             d["within_limits_on_tune"] = self.within
         if self.target.endswith("int8") and self.target != "trt-cache":
@@ -145,6 +146,10 @@ class Report:
                 "photo_sets": self.photo_sets, "stages": [s.as_dict() for s in self.stages],
                 "pairs": [p.as_dict() for p in self.pairs], "seconds": self.seconds}
 
+    def _pair_reference(self, photos: str) -> Score | None:
+        """The FP32 pair's score on ``photos`` (kept as the classifier stage's reference)."""
+        return self.stages[1].reference.get(photos) if len(self.stages) > 1 else None
+
     def _stage_lines(self, stage: StageReport) -> list[str]:
         paired = stage.role == "classifier" and self.classifier is not None
         ref_tune, ref_report = stage.reference.get("tune"), stage.reference.get("report")
@@ -171,8 +176,9 @@ class Report:
                 "ok" if t.within in (None, True) else "**over the limits on tune**")
             floats = str(len(t.float_layers)) if t.target in ("onnx-int8", "tflite-int8") else "-"
             if t.baseline is not None:
-                lines.append(f"| FP32 classifier behind the INT8 detector ({t.target}: the guard's reference) | "
-                             + " | ".join(_cells(t.baseline, ref_tune)) + " | - | - | - | - | - | - | - |")
+                base_ref = ref_tune if paired else self._pair_reference("tune")
+                lines.append(f"| {t.baseline_what} ({t.target}: the guard's reference, gestures) | "
+                             + " | ".join(_cells(t.baseline, base_ref)) + " | - | - | - | - | - | - | - |")
             lines.append(f"| `{t.path.name}` ({t.target}) | "
                          + " | ".join(_cells(t.tune, ref_tune) + _cells(t.report, ref_report))
                          + f" | {floats} | {t.size / 1024:.0f} | {t.seconds:.1f} | {status} |")
@@ -180,7 +186,8 @@ class Report:
             if t.trials:
                 lines += ["", f"Mixed precision ({t.target}): layers kept in float: "
                           + (", ".join(f"`{n}`" for n in t.float_layers) or "none") + ". Trials on tune "
-                          "(layers in float -> metric / agreement): "
+                          + ("in the pair with the FP32 classifier (gestures) " if t.baseline and not paired else "")
+                          + "(layers in float -> metric / agreement): "
                           + ", ".join(f"{x['float_layers']} -> {x['value']:.2f} / {_fmt(x['agreement'])}"
                                       for x in t.trials)]
                 if t.within is False:
@@ -202,7 +209,8 @@ class Report:
                  "int8 weights",
                  f"- guard: on the **tune** photos, at most {self.max_drop} points below FP32 against the annotations "
                  f"and at most {100 - self.min_agreement:g} points of agreement lost (mAP50-95 against FP32's own "
-                 "detections); a classifier behind a detector answers for what it adds to that INT8 detector; "
+                 "detections); in a pair, the detector's float layers are chosen on the pair's gestures with "
+                 "the FP32 classifier behind it, and the classifier answers for what it adds to that INT8 detector; "
                  "figures on the **report** photos were not used for any choice"
                  if self.photo_sets else "- accuracy guard: off"]
         for name, d in self.photo_sets.items():

@@ -58,7 +58,7 @@ def model_inputs(spec: ModelSpec, photos: Sequence[Sample]) -> list[np.ndarray]:
     inputs: list[np.ndarray] = []
     for s in photos:
         frame = read_rgb(s.image_path)
-        if spec.task == "classifier" and spec.crop is not None:
+        if spec.crop is not None:  # a crop model (classifier, landmarks) sees the hands, not the frame
             crops = crop_inputs(frame, s.boxes_xyxy(frame.shape[1], frame.shape[0]), spec)
             inputs += [crops[i:i + 1] for i in range(len(crops))]
         else:

@@ -125,7 +125,7 @@ def _convert_float(python: Path, model: Path, work: Path, log_path: Path) -> tup
     return signed, float16
 
 
-def _quant(detail: dict) -> Quant | None:
+def tensor_quant(detail: dict) -> Quant | None:
     scale, zero_point = detail["quantization"]
     if detail["dtype"] not in (np.int8, np.uint8):
         return None
@@ -149,7 +149,7 @@ def _tflite_spec(tflite: Path, spec: ModelSpec, reference: list[dict[str, np.nda
     h, w = spec.input_size
     if tuple(inp["shape"]) != (1, h, w, 3):
         raise HagridEdgeError(f"{tflite.name}: input shape {tuple(inp['shape'])}, expected NHWC (1, {h}, {w}, 3)")
-    input_quant = _quant(inp)
+    input_quant = tensor_quant(inp)
     x = np.ascontiguousarray(inputs[0].transpose(0, 2, 3, 1))
     interp.set_tensor(inp["index"], input_quant.quantize(x) if input_quant else x)
     interp.invoke()
@@ -162,9 +162,9 @@ def _tflite_spec(tflite: Path, spec: ModelSpec, reference: list[dict[str, np.nda
         if not cands:
             raise HagridEdgeError(f"{tflite.name}: no output of shape {ref.shape} for {role!r} "
                                   f"(outputs {[tuple(v.shape) for v in got.values()]})")
-        q = {n: _quant(details[n]) for n in cands}
+        q = {n: tensor_quant(details[n]) for n in cands}
         names[role] = max(cands, key=lambda n: _correlation(q[n].dequantize(got[n]) if q[n] else got[n], ref))
-    output_quant = {role: q for role, n in names.items() if (q := _quant(details[n])) is not None}
+    output_quant = {role: q for role, n in names.items() if (q := tensor_quant(details[n])) is not None}
     return replace(spec, layout="NHWC", input_name=inp["name"], output_names=names,
                    input_dtype=np.dtype(inp["dtype"]).name, input_quant=input_quant,
                    output_quant=output_quant, provenance=provenance)
@@ -185,7 +185,7 @@ def _agreement(tflite: Path, spec: ModelSpec, reference: list[dict[str, np.ndarr
     return {r: round(_correlation(np.concatenate(ours[r]), np.concatenate(theirs[r])), 5) for r in spec.output_names}
 
 
-def _with_embedded_spec(tflite_bytes: bytes, spec: ModelSpec) -> bytes:
+def with_embedded_spec(tflite_bytes: bytes, spec: ModelSpec) -> bytes:
     """The flatbuffer with a zip holding the spec appended (runtimes ignore trailing bytes)."""
     buf = BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
@@ -246,7 +246,7 @@ class TFLiteConversion:
                                   f"with the ONNX model (output correlation {bad} < {MIN_AGREEMENT})")
         new_spec.provenance = {**provenance, "agreement_correlation": agreement}
         with atomic_path(out_path) as part:
-            part.write_bytes(_with_embedded_spec(produced.read_bytes(), new_spec))
+            part.write_bytes(with_embedded_spec(produced.read_bytes(), new_spec))
             LiteRTBackend(part, new_spec, threads=1)  # the written file loads and fits its spec
             save_sidecar(new_spec, out_path)
         return new_spec

@@ -228,6 +228,16 @@ def test_pair_is_calibrated_guarded_and_reported(hand_detector, crop_classifier,
     report = json.loads((out / "calibration_report.json").read_text())
     det, cls = report["stages"]
     assert (det["role"], cls["role"]) == ("detector", "classifier")
+    (det_int8,) = det["targets"]
+    # the detector's float layers are chosen on the pair's gestures with the FP32 classifier behind it,
+    # against the pair with its all-float form; its own row stays on hands
+    guard_ref = det_int8["guarded_against"]
+    assert guard_ref["task"] == "gestures" and "all-float detector" in guard_ref["what"]
+    assert det_int8["tune"]["task"] == "hands" and det_int8["report"]["task"] == "hands"
+    chosen = next(t for t in det_int8["trials"] if t["float_layers"] == len(det_int8["float_layers"]))
+    if det_int8["within_limits_on_tune"]:
+        assert chosen["agreement"] >= guard_ref["agreement"]["mAP50_95"] - 1.0
+        assert chosen["value"] >= guard_ref["value"] - 0.5
     (cls_int8,) = cls["targets"]
     # the classifier is judged in the pipeline (gestures, behind the INT8 detector), not on crops alone
     assert cls_int8["tune"]["task"] == "gestures" and cls_int8["tune"]["agreement"]
