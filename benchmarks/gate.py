@@ -21,12 +21,14 @@ BASELINE_VERSION = 1
 # Points (percent) an accuracy may fall below baseline; points an INT8 artifact may lose against its
 # FP32 source, in mAP50-95 and mAP50 (detectors, pairs) or F1 (classifiers), on the run's photos; how
 # many times slower than its FP32 source an INT8 artifact may be (end-to-end, the fastest timed run of
-# each, both from the same run). On x86, ONNX Runtime's QDQ models of these small networks are not
+# each, both from the same run). The INT8 mAP limits are the INT8 pipeline's promise (calibrate's guard
+# holds the INT8 pair within 0.5 / 1.0 of the FP32 pair on photos it did not tune on) with room for
+# another machine's runtime build; F1 is a crop classifier's on its own. On x86, ONNX Runtime's QDQ models of these small networks are not
 # faster than FP32 (the crop classifier's is about 3x slower): the ratio catches gross regressions
 # only, and the speed of INT8 on a board is measured on the board (or its emulated instruction count).
 DEFAULT_LIMITS: dict[str, Any] = {
     "accuracy_margin": 1.0,
-    "int8_max_drop": {"mAP50_95": 2.0, "mAP50": 2.0, "f1": 2.0},
+    "int8_max_drop": {"mAP50_95": 1.0, "mAP50": 1.0, "f1": 2.0},
     "int8_max_latency_ratio": 4.0,
 }
 
