@@ -9,3 +9,5 @@ DEFAULT_MAX_DROP = 0.5  # mAP50-95 points against the annotations (F1 points for
 # 99 on the held-apart photos too, while their drop against annotations moved by up to 0.3 points.
 DEFAULT_MIN_AGREEMENT = 99.0
 DEFAULT_TRT_VERSION = "8.5.2"  # JetPack 5.1, the newest JetPack whose TensorRT needs implicit INT8
+# What a detector with a classifier behind it is guarded on: the pair's gestures (default) or hands alone.
+DETECTOR_GUARDS = ("pair", "hands")

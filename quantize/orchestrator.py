@@ -45,6 +45,7 @@ from hagrid_edge.quantize.choices import (
     DEFAULT_METHOD,
     DEFAULT_MIN_AGREEMENT,
     DEFAULT_TRT_VERSION,
+    DETECTOR_GUARDS,
     METHODS,
     TARGETS,
 )
@@ -76,6 +77,7 @@ class Options:
     eval_limit: int | None = None
     threads: int | None = None
     guard: bool = True
+    detector_guard: str = DETECTOR_GUARDS[0]  # with a classifier: "pair" or "hands" (the detector alone)
 
 
 @dataclass
@@ -254,7 +256,7 @@ class Calibration:
             scorer = self.pair_scorer(partner, det_int8, stage, tune)
             result.baseline = scorer.score(stage.fp32_path, stage.spec)
             result.baseline_what = "FP32 classifier behind this INT8 detector"
-        elif self.classifier is not None:
+        elif self.classifier is not None and self.opts.detector_guard == "pair":
             scorer = self.detector_pair_scorer(stage, self.classifier, tune)
             float_form = cands.build(float_layers=cands.units)
             result.baseline = scorer.score(float_form.path, float_form.spec)
@@ -265,8 +267,9 @@ class Calibration:
         guard = mixed_precision(cands, stage.fp32_candidate, stage.calib_photos, scorer, reference, self.limits)
         result.tune, result.within, result.trials = guard.score, guard.within, guard.trials
         result.float_layers, result.sensitivity = guard.candidate.float_layers, guard.sensitivity[:10]
+        result.units = len(cands.units)
         if partner is None:
-            if self.classifier is not None:  # the detector's own row stays on its own task
+            if result.baseline is not None:  # guarded on the pair: the detector's own row stays on its own task
                 result.tune = self.standalone_scorer(stage, tune).score(guard.candidate.path, guard.candidate.spec)
                 result.within = guard.within and self.limits.holds(stage.reference["tune"], result.tune)
             result.report = self.standalone_scorer(stage, report).score(guard.candidate.path, guard.candidate.spec)
@@ -377,7 +380,8 @@ def calibrate(opts: Options) -> Report:
     stages = [(det, None)] + ([(cls, det)] if cls else [])
     out = Report(model=str(opts.model), classifier=str(opts.classifier) if cls else None, out=opts.out,
                  method=opts.method, max_drop=opts.max_drop, min_agreement=opts.min_agreement,
-                 photo_sets={k: v.describe() for k, v in run.sets.items()})
+                 photo_sets={k: v.describe() for k, v in run.sets.items()},
+                 detector_guard=opts.detector_guard)
     with tempfile.TemporaryDirectory(prefix="hagrid-calibrate.") as tmp:
         for stage, partner in stages:
             work = Path(tmp) / stage.role

@@ -37,6 +37,7 @@ class TargetResult:
     report: Score | None = None  # the same artifact on the report photos
     within: bool | None = None  # None: not guarded
     float_layers: list[str] = field(default_factory=list)
+    units: int = 0  # layers the guard could keep in float (0: not guarded)
     float_nodes: list[str] = field(default_factory=list)  # ONNX compute layers without INT8 weights, read off the file
     trials: list[dict] = field(default_factory=list)
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
@@ -59,7 +60,7 @@ class TargetResult:
         if self.within is not None:
             d["within_limits_on_tune"] = self.within
         if self.target.endswith("int8") and self.target != "trt-cache":
-            d.update(float_layers=self.float_layers, trials=self.trials,
+            d.update(float_layers=self.float_layers, units=self.units, trials=self.trials,
                      most_sensitive=[{"layer": n, "relative_error": round(e, 6)} for n, e in self.sensitivity])
         if self.float_nodes:
             d["float_nodes"] = self.float_nodes
@@ -135,6 +136,7 @@ class Report:
     stages: list[StageReport] = field(default_factory=list)
     pairs: list[PairResult] = field(default_factory=list)
     seconds: float = 0.0
+    detector_guard: str = "pair"  # with a classifier: what the detector was guarded on ("pair" or "hands")
 
     @property
     def targets(self) -> list[TargetResult]:
@@ -142,7 +144,8 @@ class Report:
 
     def as_dict(self) -> dict:
         return {"model": self.model, "classifier": self.classifier, "method": self.method,
-                "limits": {"max_drop": self.max_drop, "min_agreement": self.min_agreement, "judged_on": "tune"},
+                "limits": {"max_drop": self.max_drop, "min_agreement": self.min_agreement, "judged_on": "tune",
+                           "detector_guard": self.detector_guard if self.classifier else None},
                 "photo_sets": self.photo_sets, "stages": [s.as_dict() for s in self.stages],
                 "pairs": [p.as_dict() for p in self.pairs], "seconds": self.seconds}
 
@@ -175,6 +178,10 @@ class Report:
             status = ("failed: " + t.error.replace("|", "/")) if t.error else (
                 "ok" if t.within in (None, True) else "**over the limits on tune**")
             floats = str(len(t.float_layers)) if t.target in ("onnx-int8", "tflite-int8") else "-"
+            if t.units:
+                floats += f" of {t.units}"
+                if status == "ok" and len(t.float_layers) == t.units:
+                    status = "ok, but **every layer in float** (no int8 layer left)"
             if t.baseline is not None:
                 base_ref = ref_tune if paired else self._pair_reference("tune")
                 lines.append(f"| {t.baseline_what} ({t.target}: the guard's reference, gestures) | "
@@ -209,8 +216,10 @@ class Report:
                  "int8 weights",
                  f"- guard: on the **tune** photos, at most {self.max_drop} points below FP32 against the annotations "
                  f"and at most {100 - self.min_agreement:g} points of agreement lost (mAP50-95 against FP32's own "
-                 "detections); in a pair, the detector's float layers are chosen on the pair's gestures with "
-                 "the FP32 classifier behind it, and the classifier answers for what it adds to that INT8 detector; "
+                 "detections); in a pair, the detector's float layers are chosen "
+                 + ("on the pair's gestures with the FP32 classifier behind it" if self.detector_guard == "pair"
+                    else "on hands, the detector alone (`--detector-guard hands`)")
+                 + ", and the classifier answers for what it adds to that INT8 detector; "
                  "figures on the **report** photos were not used for any choice"
                  if self.photo_sets else "- accuracy guard: off"]
         for name, d in self.photo_sets.items():

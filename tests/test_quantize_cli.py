@@ -253,6 +253,21 @@ def test_pair_is_calibrated_guarded_and_reported(hand_detector, crop_classifier,
     assert resolve_spec(out / "crops_classifier_int8.onnx").provenance["calibration"]["inputs"] >= 20
 
 
+def test_detector_guarded_on_hands_alone_on_request(hand_detector, crop_classifier, mini_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc, md, err = run_cli(["--subset", "--model", str(hand_detector), "--classifier", str(crop_classifier),
+                           "--data", str(mini_root), "--out", str(out), "--targets", "onnx-int8", "--limit", "8",
+                           "--eval-limit", "6", "--detector-guard", "hands"], capsys)
+    assert rc == 0, err
+    report = json.loads((out / "calibration_report.json").read_text())
+    assert report["limits"]["detector_guard"] == "hands"
+    (det_int8,) = report["stages"][0]["targets"]
+    # guarded on its own task: no pair reference, trials scored on hands against the FP32 detector
+    assert "guarded_against" not in det_int8 and det_int8["tune"]["task"] == "hands"
+    assert det_int8["tune"]["value"] in [t["value"] for t in det_int8["trials"]]
+    assert "on hands, the detector alone" in md and report["pairs"][0]["ok"]
+
+
 def test_classifier_that_does_not_fit_the_detector(hand_detector, crop_classifier, mini_root, tmp_path, capsys):
     base = ["--subset", "--data", str(mini_root), "--out", str(tmp_path / "o"), "--limit", "2"]
     one_line_error(base + ["--model", str(hand_detector), "--classifier", str(hand_detector)], capsys,

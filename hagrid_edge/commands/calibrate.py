@@ -11,6 +11,7 @@ from hagrid_edge.quantize.choices import (
     DEFAULT_METHOD,
     DEFAULT_MIN_AGREEMENT,
     DEFAULT_TRT_VERSION,
+    DETECTOR_GUARDS,
     METHODS,
     TARGETS,
 )
@@ -51,6 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="FP32 ONNX hand-crop classifier run behind --model: both are calibrated and the two-stage "
                         "pipeline is guarded and reported")
     p.add_argument("--classifier-spec", type=Path, help="spec file for --classifier")
+    p.add_argument("--detector-guard", choices=DETECTOR_GUARDS, default=DETECTOR_GUARDS[0],
+                   help="with --classifier, what the detector's float layers are chosen on: 'pair' (default), the "
+                        "pair's gestures with the FP32 classifier behind it (holds the pair, keeps more in float), or "
+                        "'hands', the detector on its own (more of it in int8; the pair is still reported)")
     p.add_argument("--data", type=Path, help="HaGRID data root with a subsample (default: shared hagrid512-mini)")
     p.add_argument("--targets", type=_targets, default=TARGETS, metavar="T[,T...]",
                    help=f"any of {', '.join(TARGETS)} (default: all)")
@@ -105,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
                    targets=args.targets, method=args.method, max_drop=args.max_drop,
                    min_agreement=args.min_agreement, limit=args.limit, spec_file=args.spec,
                    classifier=args.classifier, classifier_spec=args.classifier_spec, trt_version=args.trt_version,
-                   eval_limit=args.eval_limit, threads=args.threads, guard=not args.no_guard)
+                   eval_limit=args.eval_limit, threads=args.threads, guard=not args.no_guard,
+                   detector_guard=args.detector_guard)
     report = calibrate(opts)
     print(report.markdown(), end="")
     failed = [t.target for t in report.targets if t.error] + [p.target for p in report.pairs if p.error]
