@@ -34,9 +34,8 @@ from hagrid_edge.paths import atomic_path
 from hagrid_edge.quantize import calib_data
 from hagrid_edge.quantize.accuracy import Score
 from hagrid_edge.quantize.candidates import Candidate
-from hagrid_edge.quantize.choices import TARGETS
 from hagrid_edge.quantize.landmark_choices import DEFAULT_MAX_POINT_ERROR, DEFAULT_MAX_PRESENCE_DIFF
-from hagrid_edge.quantize.orchestrator import attempt
+from hagrid_edge.quantize.orchestrator import CalibrationOptions, attempt
 from hagrid_edge.quantize.photo_sets import PhotoSet, photo_sets
 from hagrid_edge.quantize.report import Report, StageReport, TargetResult
 from hagrid_edge.quantize.sensitivity import Limits, mixed_precision
@@ -57,19 +56,9 @@ METRIC = "point_agreement"  # 100 - mean point error in % of the hand box's long
 
 
 @dataclass
-class LandmarkOptions:
-    model: Path
-    data: Path
-    out: Path
-    targets: tuple[str, ...] = TARGETS
-    method: str = "percentile"
+class LandmarkOptions(CalibrationOptions):
     max_point_error: float = DEFAULT_MAX_POINT_ERROR
     max_presence_diff: float = DEFAULT_MAX_PRESENCE_DIFF
-    limit: int | None = None
-    spec_file: Path | None = None
-    eval_limit: int | None = None
-    threads: int | None = None
-    guard: bool = True
 
 
 @dataclass

@@ -61,22 +61,28 @@ INT8_FORMATS = ("onnx-int8", "tflite-int8")  # the targets a two-stage pipeline 
 
 
 @dataclass
-class Options:
+class CalibrationOptions:
+    """What every calibration route takes (detectors and classifiers here; landmark models in landmarks_int8)."""
+
     model: Path
     data: Path
     out: Path
     targets: tuple[str, ...] = TARGETS
     method: str = DEFAULT_METHOD
-    max_drop: float = DEFAULT_MAX_DROP
-    min_agreement: float = DEFAULT_MIN_AGREEMENT
     limit: int | None = None
     spec_file: Path | None = None
-    classifier: Path | None = None
-    classifier_spec: Path | None = None
-    trt_version: str = DEFAULT_TRT_VERSION
     eval_limit: int | None = None
     threads: int | None = None
     guard: bool = True
+
+
+@dataclass
+class Options(CalibrationOptions):
+    max_drop: float = DEFAULT_MAX_DROP
+    min_agreement: float = DEFAULT_MIN_AGREEMENT
+    classifier: Path | None = None
+    classifier_spec: Path | None = None
+    trt_version: str = DEFAULT_TRT_VERSION
     detector_guard: str = DETECTOR_GUARDS[0]  # with a classifier: "pair" or "hands" (the detector alone)
 
 
