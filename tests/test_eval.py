@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from hagrid_edge.bootstrap import groups_of
 from hagrid_edge.cli import main
 from hagrid_edge.data.annotations import load_split
 from hagrid_edge.evaluate import f1_scores
@@ -66,7 +67,48 @@ def test_f1_is_macro_over_target_classes() -> None:
     assert r["f1"] == pytest.approx(73.33, abs=0.01)  # mean of 66.67 and 80
 
 
+def test_a_detector_compared_with_itself_differs_by_exactly_zero(capsys, mini_root, hand_detector) -> None:
+    r = _eval_json(capsys, "--model", str(hand_detector), "--compare", str(hand_detector), "--data", str(mini_root),
+                   "--task", "hands", "--limit", "30", "--bootstrap", "40")
+    boot = r["bootstrap"]
+    users = {s.user_id for s in load_split(mini_root, "val")[:30]}
+    assert boot["unit"] == "user" and boot["groups"] == len(users) and boot["resamples"] == 40
+    assert r["compare"]["mAP50_95"] == r["mAP50_95"]
+    assert boot["difference"] == {"mAP50_95": [0.0, 0.0], "mAP50": [0.0, 0.0]}
+    assert boot["intervals"][0] == boot["intervals"][1]
+
+
+def test_compare_scores_each_pipeline_as_eval_does_alone(capsys, mini_root, hand_detector, crop_classifier) -> None:
+    one_stage = "assets/models/gesture_detector.onnx"
+    alone = _eval_json(capsys, "--model", one_stage, "--data", str(mini_root), "--limit", "30")
+    pair = _eval_json(capsys, "--model", str(hand_detector), "--classifier", str(crop_classifier),
+                      "--data", str(mini_root), "--limit", "30")
+    r = _eval_json(capsys, "--model", str(hand_detector), "--classifier", str(crop_classifier), "--compare", one_stage,
+                   "--data", str(mini_root), "--limit", "30", "--bootstrap", "60")
+    assert (r["mAP50_95"], r["mAP50"]) == (pair["mAP50_95"], pair["mAP50"])
+    assert (r["compare"]["mAP50_95"], r["compare"]["mAP50"]) == (alone["mAP50_95"], alone["mAP50"])
+    boot = r["bootstrap"]
+    for interval in boot["intervals"]:
+        assert all(0 <= low <= high <= 100 for low, high in interval.values())
+    for metric, (low, high) in boot["difference"].items():
+        assert low < high  # two different pipelines do not tie on every draw of 30 photos
+        assert 0 <= boot["first_better_share"][metric] <= 1
+    assert capsys.readouterr().out == ""
+
+
+def test_photos_without_user_ids_are_resampled_one_by_one(mini_root) -> None:
+    train = load_split(mini_root, "train")[:12]  # the train split's automatic boxes carry no user ids
+    unit, groups = groups_of(train)
+    assert unit == "image" and [g.tolist() for g in groups] == [[i] for i in range(12)]
+    val = load_split(mini_root, "val")
+    unit, groups = groups_of(val)
+    assert unit == "user" and sorted(i for g in groups for i in g.tolist()) == list(range(len(val)))
+    assert len(groups) == len({s.user_id for s in val}) < len(val)
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--bootstrap", "-1"], "--bootstrap -1: a number of resamples, 0 or more"),
+    (["--compare-classifier", "x.onnx"], "--compare-classifier needs --compare"),
     (["--data", "/nonexistent-root"], "/nonexistent-root: no such data root"),
     (["--split", "nosuch"], "no annotations for split 'nosuch' (found: subsample, train, val)"),
     (["--model", "README.md"], "unsupported model format '.md'"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
+from collections.abc import Sequence
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", metavar="FILE",
                    help="hand landmark models: a second landmark model (e.g. hand_landmark_full.tflite) to "
                         "measure agreement with, in pixels, on the same hand crops")
+    p.add_argument("--compare", metavar="MODEL",
+                   help="a second detector scored on the same photos (its difference is paired)")
+    p.add_argument("--compare-classifier", metavar="FILE", help="crop classifier behind --compare")
+    p.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                   help="95%% intervals from N resamples of the split's users (images where it has no "
+                        "user ids); with --compare, the interval of the difference on the same draws")
     p.add_argument("--threads", type=int, help="runtime threads")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=run)
@@ -34,15 +42,14 @@ def run(args: argparse.Namespace) -> int:
     from hagrid_edge.data.annotations import load_split
     from hagrid_edge.deploy.common.backend import open_backend
     from hagrid_edge.errors import HagridEdgeError
-    from hagrid_edge.evaluate import (
-        EVAL_SCORE_THRESHOLD,
-        evaluate_classifier,
-        evaluate_detector,
-        evaluate_landmarks,
-    )
+    from hagrid_edge.evaluate import evaluate_classifier, evaluate_landmarks
     from hagrid_edge.landmarks import Landmarker, find_landmark_spec, open_landmarker
-    from hagrid_edge.pipeline import CropClassifier, FrameClassifier, load_pipeline
+    from hagrid_edge.pipeline import CropClassifier, FrameClassifier
 
+    if args.bootstrap < 0:
+        raise HagridEdgeError(f"--bootstrap {args.bootstrap}: a number of resamples, 0 or more")
+    if args.compare_classifier and not args.compare:
+        raise HagridEdgeError("--compare-classifier needs --compare (the detector it runs behind)")
     samples = load_split(args.data, args.split, args.targets)
     if args.limit:
         samples = samples[: args.limit]
@@ -50,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     if args.reference and landmarks is None:
         raise HagridEdgeError(f"--reference {args.reference}: only for hand landmark models, {args.model} is not one")
     backend = open_backend(args.model, spec=landmarks, spec_file=args.spec, threads=args.threads)
+    if (args.compare or args.bootstrap) and (landmarks is not None or backend.spec.task == "classifier"):
+        raise HagridEdgeError(f"--compare / --bootstrap: only for detectors, {args.model} is not one")
     if landmarks is not None:
         reference = open_landmarker(args.reference, threads=args.threads) if args.reference else None
         result = evaluate_landmarks(Landmarker(backend), samples, reference, progress=not args.json)
@@ -58,9 +67,7 @@ def run(args: argparse.Namespace) -> int:
         clf = CropClassifier(backend) if backend.spec.crop else FrameClassifier(backend)
         result = evaluate_classifier(clf, samples, progress=not args.json)
     else:
-        pipe = load_pipeline(args.model, args.classifier, args.spec, args.classifier_spec, args.threads,
-                             score_threshold=EVAL_SCORE_THRESHOLD)
-        result = evaluate_detector(pipe, samples, args.task, progress=not args.json)
+        result = _score_detectors(args, samples)
     result = {"model": str(args.model), "classifier": args.classifier, "split": args.split, **result}
     if args.json:
         print(json.dumps(result))
@@ -73,10 +80,64 @@ def run(args: argparse.Namespace) -> int:
         if args.reference:
             print(f"  agreement with {args.reference}: {result['agreement_px']} px "
                   f"({result['agreement_pct_box']} % of the box)")
+    elif "f1" in result:
+        print(f"{args.model} on {args.data} [{args.split}, classifier]: f1 {result['f1']:.1f}, "
+              f"accuracy {result['accuracy']:.1f} over {result['images']} images")
+        _print_per_class(result)
     else:
-        metric = ("f1", "accuracy") if "f1" in result else ("mAP50_95", "mAP50")
-        print(f"{args.model} on {args.data} [{args.split}, {result['task']}]: "
-              + ", ".join(f"{m} {result[m]:.1f}" for m in metric) + f" over {result['images']} images")
-        for name, ap in result["per_class"].items():
-            print(f"  {name:18s} {ap:6.1f}")
+        _print_detectors(args, result)
     return 0
+
+
+def _score_detectors(args: argparse.Namespace, samples: Sequence) -> dict:
+    """The model's mAP and, with --compare, the second pipeline's on the same photos; --bootstrap
+    adds intervals (and the paired interval of their difference)."""
+    from hagrid_edge.bootstrap import bootstrap_map
+    from hagrid_edge.evaluate import EVAL_SCORE_THRESHOLD, run_detector, score_detections
+    from hagrid_edge.pipeline import load_pipeline
+
+    pipelines = [(args.model, args.classifier, args.spec, args.classifier_spec)]
+    if args.compare:
+        pipelines.append((args.compare, args.compare_classifier, None, None))
+    rows, runs, sizes = [], [], []
+    for model, classifier, spec, classifier_spec in pipelines:
+        pipe = load_pipeline(model, classifier, spec, classifier_spec, args.threads,
+                             score_threshold=EVAL_SCORE_THRESHOLD)
+        t0 = time.perf_counter()
+        dets, sizes = run_detector(pipe, samples, progress=not args.json)
+        rows.append({"task": args.task, "images": len(samples), **score_detections(samples, sizes, dets, args.task),
+                     "seconds": round(time.perf_counter() - t0, 2)})
+        runs.append(dets)
+    result = rows[0]
+    if args.compare:
+        result["compare"] = {"model": str(args.compare), "classifier": args.compare_classifier, **rows[1]}
+    if args.bootstrap:
+        result["bootstrap"] = bootstrap_map(samples, sizes, runs, args.task, args.bootstrap)
+    return result
+
+
+def _print_per_class(result: dict) -> None:
+    for name, value in result["per_class"].items():
+        print(f"  {name:18s} {value:6.1f}")
+
+
+def _print_detectors(args: argparse.Namespace, result: dict) -> None:
+    boot = result.get("bootstrap")
+    rows = [(args.model, args.classifier, result)]
+    if "compare" in result:
+        rows.append((args.compare, args.compare_classifier, result["compare"]))
+    for k, (model, classifier, row) in enumerate(rows):
+        name = f"{model} + {classifier}" if classifier else str(model)
+        print(f"{name} on {args.data} [{args.split}, {row['task']}]: mAP50_95 {row['mAP50_95']:.1f}, "
+              f"mAP50 {row['mAP50']:.1f} over {row['images']} images")
+        if boot:
+            ci = boot["intervals"][k]
+            print(f"  {boot['confidence']:.0%} interval over {boot['resamples']} resamples of {boot['groups']} "
+                  f"{boot['unit']}s: " + ", ".join(f"{m} [{ci[m][0]:.1f}, {ci[m][1]:.1f}]" for m in ci))
+        if len(rows) == 1:
+            _print_per_class(row)
+    if boot and "difference" in boot:
+        diff, ahead = boot["difference"], boot["first_better_share"]
+        print("difference (model - compare), paired on the same draws: " + ", ".join(
+            f"{m} {result[m] - result['compare'][m]:+.1f} [{diff[m][0]:+.1f}, {diff[m][1]:+.1f}], "
+            f"model ahead in {ahead[m]:.0%} of draws" for m in diff))
