@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from hagrid_edge.errors import HagridEdgeError
+from hagrid_edge.images import split_frames
 from hagrid_edge.paths import DEFAULT_DATA, atomic_path
 from hagrid_edge.spec import ModelSpec, embed_in_onnx, save_sidecar, sha256_file
 
@@ -34,15 +35,6 @@ class _Outputs(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(x)
         return tuple(out[r] for r in self.roles)
-
-
-def _check_frames(data: str | Path | None, split: str, count: int) -> list[np.ndarray]:
-    from hagrid_edge.data.annotations import load_split
-    from hagrid_edge.images import read_rgb
-
-    samples = load_split(data or DEFAULT_DATA, split)
-    step = max(len(samples) // max(count, 1), 1)
-    return [read_rgb(s.image_path) for s in samples[::step][:count]]
 
 
 def to_onnx_bytes(model: nn.Module, spec: ModelSpec, opset: int) -> bytes:
@@ -88,7 +80,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17, data: 
     blob = proto.SerializeToString()
 
     # Parity on real frames, preprocessed exactly as deployment does, batched (exercises the dynamic axis).
-    frames = _check_frames(data, split, check_images)
+    frames = split_frames(data or DEFAULT_DATA, split, check_images)
     batch = np.concatenate([preprocess(f, spec)[0] for f in frames])
     session = ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]

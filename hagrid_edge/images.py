@@ -21,3 +21,12 @@ def read_rgb(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: image not found") from None
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"{path}: cannot decode image ({e})") from None
+
+
+def split_frames(data: str | Path, split: str, count: int) -> list[np.ndarray]:
+    """``count`` photos of a HaGRID split, spread evenly over its gesture files (for export checks)."""
+    from hagrid_edge.data.annotations import load_split
+
+    samples = load_split(data, split)
+    step = max(len(samples) // max(count, 1), 1)
+    return [read_rgb(s.image_path) for s in samples[::step][:count]]

@@ -71,3 +71,27 @@ def test_export_cli_and_bad_input(checkpoint, tmp_path, capsys, mini_root):
     assert main(["export", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "y.onnx")]) == 1
     assert "none.pt: no such checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "y.onnx").exists()
+
+
+def test_cut_writes_the_authors_detector_as_raw_heads_with_the_same_detections(tmp_path, capsys, mini_root,
+                                                                                 hand_detector):
+    out = tmp_path / "hand_detector_cut.onnx"
+    assert main(["export", "--cut", str(hand_detector), "--out", str(out), "--data", str(mini_root),
+                 "--check-images", "12"]) == 0
+    printed = capsys.readouterr().out
+    assert "on 12 real images: the same" in printed and "outputs ssd_raw, 4420 priors" in printed
+    spec = resolve_spec(out)
+    assert spec.outputs == "ssd_raw" and sidecar_path(out).is_file()
+    assert not {n.op_type for n in onnx.load(str(out)).graph.node} & {"NonMaxSuppression", "TopK"}
+    # At the evaluation threshold the cut graph keeps the low-score hands the authors' graph drops at 0.7.
+    frame = read_rgb(load_split(mini_root, "val")[5].image_path)
+    assert len(load_pipeline(out, score_threshold=0.05)(frame)) >= len(load_pipeline(hand_detector)(frame))
+
+
+def test_cut_refuses_a_graph_that_is_already_raw_heads(tmp_path, capsys):
+    out = tmp_path / "twice.onnx"
+    assert main(["export", "--cut", "assets/models/gesture_detector.onnx", "--out", str(out)]) == 1
+    assert "already raw heads (ssd_raw), nothing to cut" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["export", "--cut", str(tmp_path / "none.onnx"), "--out", str(out)]) == 1
+    assert "none.onnx: no such file" in capsys.readouterr().err
