@@ -46,13 +46,9 @@ echo "== gesture detector, from the authors' hand detector -> $OUT/detector"
 "$HAGRID_EDGE" eval --model "$OUT/gesture_detector.onnx" "${eval_args[@]}" --task gestures
 
 echo "== hand-crop classifier, distilled from the authors' crop classifier -> $OUT/classifier"
-# The config names the authors' models as teacher and as the detector whose boxes give crops: point
-# them at AUTHORS (a copy of the config, as the command line overrides neither).
-classifier_config=$(mktemp --suffix=.yaml)
-trap 'rm -f "$classifier_config"' EXIT
-sed "s#\.\./shared/models/hagrid-hand-detector#$AUTHORS#g" train/configs/gesture_classifier.yaml > "$classifier_config"
-"$HAGRID_EDGE" train --config "$classifier_config" "${train_args[@]}" \
-    --init "$AUTHORS/crops_classifier.onnx" --crops "$CROPS" --out "$OUT/classifier"
+"$HAGRID_EDGE" train --config train/configs/gesture_classifier.yaml "${train_args[@]}" \
+    --init "$AUTHORS/crops_classifier.onnx" --teacher "$AUTHORS/crops_classifier.onnx" \
+    --detector "$AUTHORS/hand_detector.onnx" --crops "$CROPS" --out "$OUT/classifier"
 "$HAGRID_EDGE" export --checkpoint "$OUT/classifier/last.pt" --out "$OUT/gesture_classifier.onnx" --data "$DATA"
 "$HAGRID_EDGE" eval --model "$AUTHORS/hand_detector.onnx" --classifier "$OUT/gesture_classifier.onnx" \
     "${eval_args[@]}" --task gestures

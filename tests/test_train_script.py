@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from hagrid_edge.labels import DETECTOR_CLASSES
 from hagrid_edge.spec import resolve_spec
 
@@ -20,7 +22,9 @@ def test_the_script_trains_exports_and_scores_both_models(mini_root, crops_root,
         (crops / folder.parent.name / folder.name).mkdir(parents=True)
         for f in sorted(folder.iterdir())[:3]:
             shutil.copy(f, crops / folder.parent.name / folder.name / f.name)
-    env = {**os.environ, "SMOKE": "1", "CROPS": str(crops), "AUTHORS": str(hand_detector.parent),
+    authors = tmp_path / "authors"  # not where the configs point: the script must pass it on
+    shutil.copytree(hand_detector.parent, authors)
+    env = {**os.environ, "SMOKE": "1", "CROPS": str(crops), "AUTHORS": str(authors),
            "HAGRID_EDGE": str(Path(sys.executable).parent / "hagrid-edge")}
     out = tmp_path / "out"
     run = subprocess.run(["bash", "scripts/train_mobilenet.sh", str(mini_root), str(out)], cwd=ROOT, env=env,
@@ -31,6 +35,9 @@ def test_the_script_trains_exports_and_scores_both_models(mini_root, crops_root,
     assert classifier.task == "classifier" and classifier.crop == {"kind": "square", "expand": 1.0}
     assert run.stdout.count("mAP50") >= 2  # both evals printed their tables
     assert "hand crops from the train photos" in run.stderr + run.stdout
+    config = torch.load(out / "classifier" / "last.pt", map_location="cpu", weights_only=False)["config"]
+    assert config["train"]["teacher"] == str(authors / "crops_classifier.onnx")
+    assert config["data"]["detector"] == str(authors / "hand_detector.onnx")
 
 
 def test_a_missing_data_folder_is_one_line(tmp_path):

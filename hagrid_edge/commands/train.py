@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-limit", type=int, help="evaluate on the first N val samples only")
     p.add_argument("--init", help="checkpoint (or ONNX file, onnx_* models) to start from (overrides model.init)")
     p.add_argument("--crops", help="hand-crop folder (overrides data.crops)")
+    p.add_argument("--detector", help="hand detector whose boxes on the photos give training crops "
+                                      "(overrides data.detector)")
+    p.add_argument("--teacher", help="classifier to distil from (overrides train.teacher)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -37,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
                                     "train.batch_size": args.batch_size, "data.workers": args.workers,
                                     "data.limit": args.limit, "data.val_limit": args.val_limit,
                                     "train.epoch_samples": args.epoch_samples,
-                                    "model.init": args.init, "data.crops": args.crops, "out_dir": args.out})
+                                    "model.init": args.init, "data.crops": args.crops, "data.detector": args.detector,
+                                    "train.teacher": args.teacher, "out_dir": args.out})
     trainer = Trainer(cfg, resume=args.resume, device=args.device, progress=not args.no_progress)
     try:
         result = trainer.fit()
