@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from hagrid_edge.data.annotations import Sample
-from hagrid_edge.evaluate import score_detections
+from hagrid_edge.evaluate import ResampledCocoMap, coco_detections, coco_ground_truth
 from hagrid_edge.processing import Detections
 
 METRICS = ("mAP50_95", "mAP50")
@@ -46,13 +46,13 @@ def bootstrap_map(samples: Sequence[Sample], sizes: Sequence[tuple[int, int]],
     for two, of the first minus the second on the same draws."""
     unit, groups = groups_of(samples)
     rng = np.random.default_rng(seed)
+    gt = coco_ground_truth(samples, sizes, task)
+    scorers = [ResampledCocoMap(gt, coco_detections(dets, task)) for dets in runs]
     scores = np.zeros((resamples, len(runs), len(METRICS)))
     for r in range(resamples):
         picked = np.concatenate([groups[g] for g in rng.integers(0, len(groups), len(groups))])
-        draw = [samples[i] for i in picked]
-        draw_sizes = [sizes[i] for i in picked]
-        for k, dets in enumerate(runs):
-            result = score_detections(draw, draw_sizes, [dets[i] for i in picked], task)
+        for k, score in enumerate(scorers):
+            result = score(picked)
             scores[r, k] = [result[m] for m in METRICS]
     out: dict = {"unit": unit, "groups": len(groups), "resamples": resamples, "confidence": CONFIDENCE,
                  "intervals": [{m: _interval(scores[:, k, j]) for j, m in enumerate(METRICS)}

@@ -7,6 +7,7 @@ pycocotools'. ``--task hands`` scores every box as one class ``hand``.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -85,6 +86,53 @@ def coco_map(gt: dict, dets: list[dict]) -> dict:
             per_class[coco_gt.cats[cat]["name"]] = round(float(p[p > -1].mean()) * 100, 2)
     return {"mAP50_95": round(max(float(ev.stats[0]), 0.0) * 100, 2),
             "mAP50": round(max(float(ev.stats[1]), 0.0) * 100, 2), "per_class": per_class}
+
+
+class ResampledCocoMap:
+    """COCO mAP50-95 / mAP50 of one detection list over resamples of its images (repeats allowed).
+
+    COCOeval matches detections to ground truth per image and class; which images are drawn only
+    changes which of those matches are pooled into precision/recall. So the matching runs once and
+    each resample reruns only the pooling (``accumulate``) over the drawn images, laid out the way
+    ``COCOeval.evaluate`` lays out its per-image results (class, area range, image)."""
+
+    def __init__(self, gt: dict, dets: list[dict]) -> None:
+        self.ev: COCOeval | None = None
+        if not dets:
+            return
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_gt = COCO()
+            coco_gt.dataset = gt
+            coco_gt.createIndex()
+            self.ev = COCOeval(coco_gt, coco_gt.loadRes(dets), "bbox")
+            self.ev.evaluate()
+        p = self.ev.params
+        self.image_ids = list(p.imgIds)  # sorted: position i is the i-th image of ``gt``
+        self.per_image = np.empty(len(self.ev.evalImgs), dtype=object)
+        self.per_image[:] = self.ev.evalImgs
+        self.per_image = self.per_image.reshape(len(p.catIds), len(p.areaRng), len(p.imgIds))
+        # Pool only what mAP50-95 / mAP50 read: every area ("all" is first) and the largest maxDets.
+        self.pool_params = copy.deepcopy(p)
+        self.pool_params.areaRng, self.pool_params.areaRngLbl = p.areaRng[:1], p.areaRngLbl[:1]
+        self.pool_params.maxDets = p.maxDets[-1:]
+
+    def __call__(self, images: np.ndarray) -> dict:
+        """mAP50-95 and mAP50 (percent) over the images at positions ``images`` of ``gt``."""
+        if self.ev is None:
+            return {"mAP50_95": 0.0, "mAP50": 0.0}
+        ids = [self.image_ids[i] for i in images]
+        self.ev.evalImgs = list(self.per_image[:, :, images].reshape(-1))
+        self.ev._paramsEval.imgIds = ids
+        self.pool_params.imgIds = ids
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.ev.accumulate(self.pool_params)
+        precision = self.ev.eval["precision"][:, :, :, 0, 0]  # [iou, recall, class]
+
+        def mean(values: np.ndarray) -> float:
+            seen = values[values > -1]
+            return round(max(float(seen.mean()), 0.0) * 100, 2) if seen.size else 0.0
+
+        return {"mAP50_95": mean(precision), "mAP50": mean(precision[0])}
 
 
 def run_detector(predict: Callable, samples: Sequence[Sample], progress: bool = True

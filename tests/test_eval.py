@@ -13,7 +13,15 @@ import pytest
 from hagrid_edge.bootstrap import groups_of
 from hagrid_edge.cli import main
 from hagrid_edge.data.annotations import load_split
-from hagrid_edge.evaluate import f1_scores
+from hagrid_edge.evaluate import (
+    EVAL_SCORE_THRESHOLD,
+    ResampledCocoMap,
+    coco_detections,
+    coco_ground_truth,
+    f1_scores,
+    run_detector,
+    score_detections,
+)
 from hagrid_edge.images import read_rgb
 from hagrid_edge.pipeline import load_pipeline
 from hagrid_edge.processing import preprocess
@@ -94,6 +102,22 @@ def test_compare_scores_each_pipeline_as_eval_does_alone(capsys, mini_root, hand
         assert low < high  # two different pipelines do not tie on every draw of 30 photos
         assert 0 <= boot["first_better_share"][metric] <= 1
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("task", ["gestures", "hands"])
+def test_a_resample_scores_as_the_drawn_photos_scored_afresh(mini_root, hand_detector, crop_classifier, task) -> None:
+    samples = load_split(mini_root, "val")[:50]
+    pipe = load_pipeline(hand_detector, crop_classifier, score_threshold=EVAL_SCORE_THRESHOLD)
+    dets, sizes = run_detector(pipe, samples, progress=False)
+    resampled = ResampledCocoMap(coco_ground_truth(samples, sizes, task), coco_detections(dets, task))
+    whole = score_detections(samples, sizes, dets, task)
+    assert resampled(np.arange(len(samples))) == {"mAP50_95": whole["mAP50_95"], "mAP50": whole["mAP50"]}
+    rng = np.random.default_rng(3)
+    for _ in range(4):  # repeats and missing photos, as a bootstrap draws them
+        picked = rng.integers(0, len(samples), len(samples))
+        afresh = score_detections([samples[i] for i in picked], [sizes[i] for i in picked],
+                                  [dets[i] for i in picked], task)
+        assert resampled(picked) == {"mAP50_95": afresh["mAP50_95"], "mAP50": afresh["mAP50"]}
 
 
 def test_photos_without_user_ids_are_resampled_one_by_one(mini_root) -> None:
