@@ -19,7 +19,7 @@ from hagrid_edge.models import model_spec, onnx_model
 from hagrid_edge.pipeline import CropClassifier, Detector
 from hagrid_edge.processing import crop_inputs
 from hagrid_edge.spec import resolve_spec
-from hagrid_edge.train.distill import class_matrix, distill_loss, label_blind_classes, teacher_targets
+from hagrid_edge.train.distill import class_matrix, distill_loss, teacher_targets
 from hagrid_edge.train.stability import flip_share
 
 
@@ -134,19 +134,3 @@ def test_a_mirrored_classifier_answers_for_the_crop_and_its_mirror_and_exports(c
     session = ort.InferenceSession(to_onnx_bytes(mirrored, model_spec(cfg, mirrored), 17))
     onnx_logits = session.run(None, {"input": x.numpy()})[0]
     assert np.allclose(torch.softmax(torch.from_numpy(onnx_logits), 1).numpy(), want.numpy(), atol=1e-5)
-
-
-def test_a_class_the_teacher_never_names_learns_from_its_labels(mini_root, crop_classifier, student):
-    # The authors' classifier calls two_up_inverted hands two_up (train photos, not val).
-    photos = [s for g in ("two_up_inverted", "peace", "like")
-              for s in load_split(mini_root, "train", [g])[:12]]
-    crops = photo_crops(photos, student.classes)
-    soft = teacher_targets(str(crop_classifier), crops, student)
-    targets, blind = label_blind_classes(soft, crops, student.classes, 0.2)
-    assert set(blind) == {"two_up_inverted"} and blind["two_up_inverted"] < 0.2
-    inverted = np.array([c.label == "two_up_inverted" for c in crops])
-    assert inverted.sum() >= 10
-    k = student.classes.index("two_up_inverted")
-    assert (targets[inverted].argmax(1) == k).all() and np.allclose(targets[inverted].max(1), 1)
-    np.testing.assert_array_equal(targets[~inverted], soft[~inverted])  # where the teacher sees, it teaches
-    assert label_blind_classes(soft, crops, student.classes, 0.0)[1] == {}

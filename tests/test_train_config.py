@@ -33,7 +33,6 @@ def test_shipped_configs_are_valid(path):
     ({"train": {"teacher": "/nonexistent/t.onnx"}}, r"train\.teacher: only hand-crop classifiers"),
     ({"train": {"distill_alpha": 1.5}}, r"train\.distill_alpha: must be in \[0, 1\]"),
     ({"augment": {"jitter": 0.7}}, r"augment\.jitter"),
-    ({"train": {"teacher_min_recall": -0.1}}, r"train\.teacher_min_recall: must be in \[0, 1\]"),
 ])
 def test_bad_config_names_the_key(data, message):
     with pytest.raises(ConfigError, match=message):

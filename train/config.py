@@ -83,9 +83,6 @@ class TrainSection:
     seed: int = 0
     teacher: str | None = None  # hand-crop classifiers: distil from this classifier (ONNX) at each crop's box
     distill_alpha: float = 0.5  # weight of the teacher's KL; the rest is cross-entropy on labelled crops
-    # A class whose labelled crops the teacher ranks first less often than this is one it cannot see:
-    # those crops learn their label instead of the teacher's probabilities (0: never).
-    teacher_min_recall: float = 0.0
     log_every: int = 10  # TensorBoard scalars every N steps
 
 
@@ -202,7 +199,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         need(path is None or crop_model, key, "only hand-crop classifiers (onnx_classifier) take one")
         need(path is None or Path(path).is_file(), key, f"{path}: no such model file")
     need(0 <= cfg.train.distill_alpha <= 1, "train.distill_alpha", "must be in [0, 1]")
-    need(0 <= cfg.train.teacher_min_recall <= 1, "train.teacher_min_recall", "must be in [0, 1]")
     need(0 <= cfg.augment.jitter < 0.5, "augment.jitter", "must be in [0, 0.5)")
     need(cfg.model.mode in ("gestures", "hands"), "model.mode", f"must be gestures or hands, got {cfg.model.mode!r}")
     mc = cfg.model_config()

@@ -66,30 +66,6 @@ def teacher_targets(teacher_path: str, samples: Sequence[CropSample], student: M
     return out
 
 
-def label_blind_classes(soft: np.ndarray, samples: Sequence[CropSample], classes: Sequence[str],
-                        min_recall: float) -> tuple[np.ndarray, dict[str, float]]:
-    """Targets where the teacher is blind to a class: the labelled crops of every class that the
-    teacher ranks first on fewer than ``min_recall`` of them take their label as a one-hot target.
-
-    A distilled student cannot learn a class its teacher never names: the authors' crop classifier
-    calls two_up_inverted hands two_up, so a student of its probabilities alone never answers
-    two_up_inverted. Returns the targets and the teacher's recall of each class it is blind to."""
-    index = {c: k for k, c in enumerate(classes)}
-    labelled = np.array([index.get(s.label, -1) if s.label else -1 for s in samples])
-    top = soft.argmax(1)
-    blind: dict[str, float] = {}
-    out = soft.copy()
-    for k, name in enumerate(classes):
-        rows = labelled == k
-        if not rows.any():
-            continue
-        recall = float((top[rows] == k).mean())
-        if recall < min_recall:
-            blind[name] = round(recall, 3)
-            out[rows] = np.eye(len(classes), dtype=soft.dtype)[k]
-    return out, blind
-
-
 def distill_loss(logits: torch.Tensor, soft: torch.Tensor, hard: torch.Tensor, alpha: float
                  ) -> tuple[torch.Tensor, dict[str, float]]:
     """``alpha`` x KL(teacher || student) + (1 - alpha) x cross-entropy on the crops with a label."""

@@ -47,7 +47,7 @@ from hagrid_edge.train import distributed
 from hagrid_edge.train.augment import BoxSafeAugment
 from hagrid_edge.train.checkpoint import BEST, LAST, load_for_resume, save_checkpoint
 from hagrid_edge.train.config import TrainConfig
-from hagrid_edge.train.distill import distill_loss, label_blind_classes, teacher_targets
+from hagrid_edge.train.distill import distill_loss, teacher_targets
 from hagrid_edge.train.ema import ModelEMA
 
 
@@ -200,10 +200,6 @@ class Trainer:
             t0 = time.perf_counter()
             soft = teacher_targets(teacher, crops, self.spec, threads=1)
             self.log(f"teacher {teacher}: targets for {len(crops)} crops in {time.perf_counter() - t0:.0f} s")
-            if cfg.train.teacher_min_recall > 0:
-                soft, blind = label_blind_classes(soft, crops, self.spec.classes, cfg.train.teacher_min_recall)
-                self.log(f"teacher blind to {blind or 'no class'} (its recall on their labelled crops below "
-                         f"{cfg.train.teacher_min_recall}): those crops learn their label")
         a = cfg.augment
         return CropDataset(crops, self.spec, train=True, seed=cfg.train.seed, jitter=a.jitter, hflip=a.hflip,
                            color=a.color, soft=soft)
