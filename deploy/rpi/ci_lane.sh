@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# CI lane: the shipped INT8 TFLite pair on an emulated Raspberry Pi 5 (Debian 12 arm64, Python 3.11,
-# aarch64 wheels, qemu-aarch64 -cpu cortex-a76) against x86, both measured here in the same run:
+# CI lane: the main job's INT8 TFLite pair (the authors' hand detector + our gesture classifier) on
+# an emulated Raspberry Pi 5 (Debian 12 arm64, Python 3.11, aarch64 wheels, qemu-aarch64 -cpu
+# cortex-a76) against x86, both measured here in the same run:
 #   hagrid-edge eval of the detector on hagrid512-mini val (hands mAP50-95 within 0.3 points; mAP50
 #   reported) and hagrid-edge run of the pair over assets/hagrid-sample/ (the same gesture events,
 #   scores and boxes).
 # usage: deploy/rpi/ci_lane.sh [EVAL_LIMIT]   (default: $PI_LANE_LIMIT, else the first 30 val images;
 #        0 = all 167). The pair is checked through run, not eval: eval's score threshold lets many
-#        boxes through and the crop classifier (3 of its 4 units in float) runs on each, which under
-#        qemu's float emulation took 80 s for one photo.
+#        boxes through and the crop classifier runs on each (the authors' classifier, 3 of its 4 units
+#        in float, took 80 s for one photo under qemu's float emulation).
 # The first run builds the emulated userland (about a minute, cached in ~/.cache/hagrid-edge).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,7 +16,7 @@ python=${PYTHON:-.venv/bin/python}
 export PYTHON=$python
 data=${HAGRID_EDGE_SHARED:-../shared}/data/hagrid512-mini
 det=assets/models/hand_detector_int8.tflite
-cls=assets/models/crops_classifier_int8.tflite
+cls=assets/models/gesture_classifier_int8.tflite
 limit=${1:-${PI_LANE_LIMIT:-30}}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
