@@ -63,12 +63,18 @@ def coco_detections(all_dets: Sequence[Detections], task: str) -> list[dict]:
     return out
 
 
+def _coco(gt: dict) -> COCO:
+    """A pycocotools ground-truth index over the ``gt`` dict (call with stdout redirected)."""
+    coco_gt = COCO()
+    coco_gt.dataset = gt
+    coco_gt.createIndex()
+    return coco_gt
+
+
 def coco_map(gt: dict, dets: list[dict]) -> dict:
     """COCO mAP50-95, mAP50 (percent) and per-class AP50-95 for classes that have ground truth."""
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
+        coco_gt = _coco(gt)
         if not dets:
             return {"mAP50_95": 0.0, "mAP50": 0.0,
                     "per_class": {c["name"]: 0.0 for c in gt["categories"]
@@ -101,9 +107,7 @@ class ResampledCocoMap:
         if not dets:
             return
         with contextlib.redirect_stdout(io.StringIO()):
-            coco_gt = COCO()
-            coco_gt.dataset = gt
-            coco_gt.createIndex()
+            coco_gt = _coco(gt)
             self.ev = COCOeval(coco_gt, coco_gt.loadRes(dets), "bbox")
             self.ev.evaluate()
         p = self.ev.params
@@ -151,12 +155,19 @@ def score_detections(samples: Sequence[Sample], sizes: Sequence[tuple[int, int]]
     return coco_map(coco_ground_truth(samples, sizes, task), coco_detections(dets, task))
 
 
-def evaluate_detector(predict: Callable, samples: Sequence[Sample], task: str = "gestures",
-                      progress: bool = True) -> dict:
+def detect_and_score(predict: Callable, samples: Sequence[Sample], task: str = "gestures", progress: bool = True
+                     ) -> tuple[dict, list[Detections], list[tuple[int, int]]]:
+    """``evaluate_detector``'s result, with the detections and image sizes it scored."""
     t0 = time.perf_counter()
     dets, sizes = run_detector(predict, samples, progress)
     result = score_detections(samples, sizes, dets, task)
-    return {"task": task, "images": len(samples), **result, "seconds": round(time.perf_counter() - t0, 2)}
+    return ({"task": task, "images": len(samples), **result, "seconds": round(time.perf_counter() - t0, 2)},
+            dets, sizes)
+
+
+def evaluate_detector(predict: Callable, samples: Sequence[Sample], task: str = "gestures",
+                      progress: bool = True) -> dict:
+    return detect_and_score(predict, samples, task, progress)[0]
 
 
 def f1_scores(targets: Iterable[str], predictions: Iterable[str]) -> dict:

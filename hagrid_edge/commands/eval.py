@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Sequence
 
 
@@ -93,7 +92,7 @@ def _score_detectors(args: argparse.Namespace, samples: Sequence) -> dict:
     """The model's mAP and, with --compare, the second pipeline's on the same photos; --bootstrap
     adds intervals (and the paired interval of their difference)."""
     from hagrid_edge.bootstrap import bootstrap_map
-    from hagrid_edge.evaluate import EVAL_SCORE_THRESHOLD, run_detector, score_detections
+    from hagrid_edge.evaluate import EVAL_SCORE_THRESHOLD, detect_and_score
     from hagrid_edge.pipeline import load_pipeline
 
     pipelines = [(args.model, args.classifier, args.spec, args.classifier_spec)]
@@ -103,10 +102,8 @@ def _score_detectors(args: argparse.Namespace, samples: Sequence) -> dict:
     for model, classifier, spec, classifier_spec in pipelines:
         pipe = load_pipeline(model, classifier, spec, classifier_spec, args.threads,
                              score_threshold=EVAL_SCORE_THRESHOLD)
-        t0 = time.perf_counter()
-        dets, sizes = run_detector(pipe, samples, progress=not args.json)
-        rows.append({"task": args.task, "images": len(samples), **score_detections(samples, sizes, dets, args.task),
-                     "seconds": round(time.perf_counter() - t0, 2)})
+        row, dets, sizes = detect_and_score(pipe, samples, args.task, progress=not args.json)
+        rows.append(row)
         runs.append(dets)
     result = rows[0]
     if args.compare:
