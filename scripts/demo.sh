@@ -8,7 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/pip install -q -e ".[dev,tflite,train,quantize]"  # everything the tests need: runtime + every stage
+# everything the tests need (runtime + every stage), at the versions of the lock (scripts/lock.sh renews it)
+.venv/bin/pip install -q -c requirements/x86_64-py311.txt -e ".[dev,tflite,train,quantize]"
 OUT=${1:-runs/demo}
 mkdir -p "$OUT"
 DETECTOR=assets/models/hand_detector_cut.onnx

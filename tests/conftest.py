@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 from hagrid_edge.paths import SHARED_ENV, shared_root
 
 
+def missing(msg: str) -> NoReturn:
+    """Skip a test whose prerequisite this machine lacks; under CI (``CI=true``) fail instead."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"under CI this must be present: {msg}")
+    pytest.skip(msg)
+
+
 def _need(relative: str) -> Path:
     path = shared_root() / relative
     if not path.exists():
-        msg = f"{path} is missing (set {SHARED_ENV} to the shared data/models folder)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"under CI the shared data must be present: {msg}")
-        pytest.skip(msg)
+        missing(f"{path} is missing (set {SHARED_ENV} to the shared data/models folder)")
     return path
 
 
