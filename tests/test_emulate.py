@@ -108,6 +108,14 @@ def test_failed_tool_reports_its_error_line() -> None:
         pi._run("a tool", ["/nonexistent/tool"])
 
 
+def test_a_cache_the_guest_root_shadows_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(pi.CACHE_ENV, "/tmp/pi-cache")  # the guest's /tmp hides it: cv2 failed to find its config
+    with pytest.raises(HagridEdgeError, match=r"cache /tmp/pi-cache: under /tmp, which the emulated Pi's own root"):
+        pi.cache_root()
+    monkeypatch.setenv(pi.CACHE_ENV, "/root/pi-cache")
+    assert pi.cache_root() == Path("/root/pi-cache")
+
+
 def test_build_is_atomic(tmp_path: Path) -> None:
     final = tmp_path / "cache" / "thing"
 

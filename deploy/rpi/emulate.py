@@ -100,11 +100,20 @@ def parse_cpus(text: str) -> list[CpuProfile]:
     return [cpu_profile(n, "--emulate") for n in dict.fromkeys(names)]
 
 
+# Top-level folders of the guest's prefix: qemu -L looks a path up in the prefix first, so a cache
+# under one of them (e.g. /tmp) is shadowed for the guest (modules then resolve to the wrong folder).
+GUEST_TOP_DIRS = ("bin", "dev", "etc", "lib", "proc", "sbin", "tmp", "usr", "var")
+
+
 def cache_root() -> Path:
     env = os.environ.get(CACHE_ENV)
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hagrid-edge"
+    root = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hagrid-edge"
+    parts = root.resolve().parts
+    if len(parts) > 1 and parts[1] in GUEST_TOP_DIRS:
+        raise HagridEdgeError(f"cache {root}: under /{parts[1]}, which the emulated Pi's own root shadows under "
+                              f"qemu; set {CACHE_ENV} (or XDG_CACHE_HOME) to a folder outside "
+                              + " ".join(f"/{d}" for d in GUEST_TOP_DIRS))
+    return root
 
 
 def read_requirements(path: Path = REQUIREMENTS) -> list[str]:
