@@ -33,6 +33,9 @@ class Candidates(Protocol):
     def build(self, float_layers: Sequence[str] = (), only: Sequence[str] | None = None) -> Candidate:
         """The INT8 artifact with ``float_layers`` in float (``only``: quantize just these layers)."""
 
+    def unit_costs(self) -> dict[str, float] | None:
+        """Instructions per inference each unit adds on a Pi 5 when kept in float (None: not modelled)."""
+
 
 class OnnxCandidates:
     """QDQ ONNX candidates (per-channel symmetric weights, symmetric activations) from collected ranges."""
@@ -50,6 +53,10 @@ class OnnxCandidates:
             return quantize_qdq(self.fp32, self.ranges, self.method, only=[n for u in only for n in self._nodes[u]])
         return quantize_qdq(self.fp32, self.ranges, self.method,
                             exclude=[n for u in float_layers for n in self._nodes[u]])
+
+    def unit_costs(self) -> None:
+        """A QDQ ONNX runs on TensorRT or ONNX Runtime, whose cost the Pi model does not cover."""
+        return None
 
     def build(self, float_layers: Sequence[str] = (), only: Sequence[str] | None = None) -> Candidate:
         self._count += 1

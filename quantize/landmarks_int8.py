@@ -35,7 +35,7 @@ from hagrid_edge.quantize import calib_data
 from hagrid_edge.quantize.accuracy import Score
 from hagrid_edge.quantize.candidates import Candidate
 from hagrid_edge.quantize.landmark_choices import DEFAULT_MAX_POINT_ERROR, DEFAULT_MAX_PRESENCE_DIFF
-from hagrid_edge.quantize.orchestrator import CalibrationOptions, attempt
+from hagrid_edge.quantize.orchestrator import CalibrationOptions, attempt, over_limits_path
 from hagrid_edge.quantize.photo_sets import PhotoSet, photo_sets
 from hagrid_edge.quantize.report import Report, StageReport, TargetResult
 from hagrid_edge.quantize.sensitivity import Limits, mixed_precision
@@ -331,7 +331,10 @@ def _int8(result: TargetResult, opts: LandmarkOptions, fp32_spec: ModelSpec, sta
         else:
             chosen = cands.build()
         result.float_layers = chosen.float_layers
-        spec = replace(chosen.spec, provenance={**chosen.spec.provenance, "float_layers": chosen.float_layers})
+        if result.within is False:
+            result.path = over_limits_path(result.path)
+        spec = replace(chosen.spec, provenance={**chosen.spec.provenance, "float_layers": chosen.float_layers,
+                                                "guard": {"within_limits_on_tune": result.within}})
         write_tflite(chosen.path.read_bytes(), spec, result.path)
     if sets:
         result.report = PointScorer(sets["report"], fp32, opts.threads).score(result.path, spec)

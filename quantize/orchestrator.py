@@ -28,7 +28,7 @@ import onnx
 from hagrid_edge.data.annotations import Sample
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.formats import CHECKPOINT_SUFFIXES
-from hagrid_edge.quantize import calib_data, onnx_int8, trt_cache
+from hagrid_edge.quantize import board_cost, calib_data, onnx_int8, trt_cache
 from hagrid_edge.quantize.accuracy import (
     PipelineFactory,
     Score,
@@ -51,7 +51,7 @@ from hagrid_edge.quantize.choices import (
 )
 from hagrid_edge.quantize.graph_cut import split_detector
 from hagrid_edge.quantize.onnx_files import fix_batch, load_model, save_onnx_with_spec
-from hagrid_edge.quantize.photo_sets import PhotoSet, photo_sets
+from hagrid_edge.quantize.photo_sets import PhotoSet, photo_sets, trained_on
 from hagrid_edge.quantize.report import PairResult, Report, StageReport, TargetResult
 from hagrid_edge.quantize.sensitivity import Limits, mixed_precision
 from hagrid_edge.spec import ModelSpec, resolve_spec, sha256_file
@@ -84,6 +84,7 @@ class Options(CalibrationOptions):
     classifier_spec: Path | None = None
     trt_version: str = DEFAULT_TRT_VERSION
     detector_guard: str = DETECTOR_GUARDS[0]  # with a classifier: "pair" or "hands" (the detector alone)
+    max_board_ratio: float | None = None  # TFLite INT8: Pi 5 instructions at most this share of its FP32 form's
 
 
 @dataclass
@@ -174,6 +175,12 @@ def _stage(opts: Options, source: Path, spec_file: Path | None, option: str) -> 
     role = "classifier" if spec.task == "classifier" else "detector"
     readable = [s for s in samples if str(s.image_path) not in stats.skipped_files]
     return Stage(role, source, fp32, spec, info, fp32_path, inputs, readable, calibration, ranges, calib_seconds)
+
+
+def over_limits_path(path: Path) -> Path:
+    """Where an artifact the guard could not hold to its limits is written: never under the name a
+    pipeline or a board guide loads."""
+    return path.with_name(f"{path.stem}_over_limits{path.suffix}")
 
 
 def _with_calibration(spec: ModelSpec, precision: str, calibration: dict, **extra) -> ModelSpec:
@@ -270,10 +277,16 @@ class Calibration:
         else:
             scorer = self.standalone_scorer(stage, tune)
         reference = result.baseline or stage.reference["tune"]
-        guard = mixed_precision(cands, stage.fp32_candidate, stage.calib_photos, scorer, reference, self.limits)
+        costs = cands.unit_costs()
+        guard = mixed_precision(cands, stage.fp32_candidate, stage.calib_photos, scorer, reference, self.limits,
+                                costs)
         result.tune, result.within, result.trials = guard.score, guard.within, guard.trials
         result.float_layers, result.sensitivity = guard.candidate.float_layers, guard.sensitivity[:10]
-        result.units = len(cands.units)
+        result.units, result.ranked_by = len(cands.units), guard.ranked_by
+        if costs:
+            gains = dict(guard.gains)
+            result.unit_costs = {u: costs[u] for u in guard.candidate.float_layers}
+            result.unit_gains = {u: gains[u] for u in guard.candidate.float_layers if u in gains}
         if partner is None:
             if result.baseline is not None:  # guarded on the pair: the detector's own row stays on its own task
                 result.tune = self.standalone_scorer(stage, tune).score(guard.candidate.path, guard.candidate.spec)
@@ -288,14 +301,15 @@ class Calibration:
         def build() -> None:
             cands = OnnxCandidates(stage.fp32, stage.spec, stage.ranges, self.opts.method, work)
             chosen = self.guarded(stage, cands, result, partner)
+            result.path = over_limits_path(path) if result.within is False else path
             spec = _with_calibration(stage.spec, "int8", stage.calibration, float_layers=chosen.float_layers,
                                      quantization={"format": "QDQ", "weights": "int8 per-channel symmetric",
                                                    "activations": "int8 symmetric",
                                                    "int8_layers": len(cands.units) - len(chosen.float_layers)})
             qdq = onnx.load(str(chosen.path))
             result.float_nodes = onnx_int8.float_layers(qdq)
-            save_onnx_with_spec(qdq, spec, path)
-            stage.chosen["onnx-int8"] = Candidate(path, spec, chosen.float_layers)
+            save_onnx_with_spec(qdq, spec, result.path)
+            stage.chosen["onnx-int8"] = Candidate(result.path, spec, chosen.float_layers)
         return attempt(result, build)
 
     def trt_cache(self, stage: Stage) -> TargetResult:
@@ -340,9 +354,20 @@ class Calibration:
                     if self.opts.guard and partner is None:
                         result.report = self.standalone_scorer(stage, self.sets["report"]).score(result.path, spec)
                     return
-                chosen = self.guarded(stage, conv.int8_candidates(method=self.opts.method), result, partner)
+                cands = conv.int8_candidates(method=self.opts.method)
+                chosen = self.guarded(stage, cands, result, partner)
+                result.board = board_cost.board_figures(chosen.path, conv.float16, cands.build().path)
+                ratio = (result.board.get(board_cost.REFERENCE_CPU) or {}).get("x_fp32")
+                if self.opts.max_board_ratio is not None and ratio is not None and ratio > self.opts.max_board_ratio:
+                    result.within = False
+                    result.notes = (f"Pi 5 instructions {ratio:.2f}x its FP32 form's, over --max-board-ratio "
+                                    f"{self.opts.max_board_ratio:g}")
+                if result.within is False:
+                    result.path = over_limits_path(result.path)
                 prov = conv.provenance("int8", len(stage.inputs), chosen.float_layers)
-                spec = conv.write(chosen.path, result.path, {**prov, **source, "calibration": stage.calibration})
+                guard = {"within_limits_on_tune": result.within, "board": result.board}
+                spec = conv.write(chosen.path, result.path, {**prov, **source, "calibration": stage.calibration,
+                                                             "guard": guard})
                 stage.chosen["tflite-int8"] = Candidate(result.path, spec, chosen.float_layers)
             attempt(result, build)
         return results
@@ -381,7 +406,8 @@ def calibrate(opts: Options) -> Report:
         _check_pair(det.spec, cls.spec, opts)
         run.classifier = cls
     if opts.guard:
-        tune, report = photo_sets(opts.data, opts.eval_limit)
+        trained = any(trained_on(s.spec.provenance, opts.data) == "train" for s in [det, *([cls] if cls else [])])
+        tune, report = photo_sets(opts.data, opts.eval_limit, trained=trained)
         run.sets = {"tune": tune, "report": report}
     stages = [(det, None)] + ([(cls, det)] if cls else [])
     out = Report(model=str(opts.model), classifier=str(opts.classifier) if cls else None, out=opts.out,

@@ -41,6 +41,10 @@ class TargetResult:
     float_nodes: list[str] = field(default_factory=list)  # ONNX compute layers without INT8 weights, read off the file
     trials: list[dict] = field(default_factory=list)
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
+    ranked_by: str = ""  # how the guard ordered the layers it kept in float
+    unit_costs: dict[str, float] = field(default_factory=dict)  # float layer -> Pi 5 instructions it adds
+    unit_gains: dict[str, float] = field(default_factory=dict)  # float layer -> tune points it gains alone
+    board: dict[str, dict] = field(default_factory=dict)  # cpu -> modelled instructions and ratios (TFLite)
     size: int = 0
     seconds: float = 0.0
     error: str | None = None
@@ -60,8 +64,12 @@ class TargetResult:
         if self.within is not None:
             d["within_limits_on_tune"] = self.within
         if self.target.endswith("int8") and self.target != "trt-cache":
-            d.update(float_layers=self.float_layers, units=self.units, trials=self.trials,
+            d.update(float_layers=self.float_layers, units=self.units, trials=self.trials, ranked_by=self.ranked_by,
+                     float_layer_instructions={n: round(c) for n, c in self.unit_costs.items()},
+                     float_layer_gains=self.unit_gains,
                      most_sensitive=[{"layer": n, "relative_error": round(e, 6)} for n, e in self.sensitivity])
+        if self.board:
+            d["board_instructions"] = self.board
         if self.float_nodes:
             d["float_nodes"] = self.float_nodes
         if self.notes:
@@ -197,8 +205,21 @@ class Report:
                           + "(layers in float -> metric / agreement): "
                           + ", ".join(f"{x['float_layers']} -> {x['value']:.2f} / {_fmt(x['agreement'])}"
                                       for x in t.trials)]
+                if t.ranked_by:
+                    lines += ["", f"Layers ranked by {t.ranked_by}."
+                              + (" Pi 5 instructions per inference each float layer adds: "
+                                 + ", ".join(f"`{n}` {c / 1e6:.2f} M"
+                                             + (f" (gains {t.unit_gains[n]:+.2f} points alone)" if n in t.unit_gains
+                                                else "") for n, c in t.unit_costs.items())
+                                 if t.unit_costs else "")]
                 if t.within is False:
-                    lines += ["", f"**{t.target}: no candidate held the limits on the tune photos**; the best was kept."]
+                    lines += ["", f"**{t.target}: no candidate held the limits on the tune photos**; the best was "
+                              f"written as `{t.path.name}`."]
+            if t.board:
+                lines += ["", f"Board cost ({t.target}, modelled instructions per inference, `quantize/board_cost.py`): "
+                          + "; ".join(f"{cpu} {b['instructions'] / 1e6:.1f} M = {b['x_fp32']:.2f}x its FP32 form "
+                                      f"({b['fp32'] / 1e6:.1f} M), {b['x_all_int8']:.2f}x all-int8 "
+                                      f"({b['all_int8'] / 1e6:.1f} M)" for cpu, b in t.board.items())]
             if t.notes:
                 lines += ["", f"{t.target}: {t.notes}"]
         if ref_tune is not None and ref_tune.value <= 0:

@@ -1,18 +1,25 @@
-"""Mixed precision: find the layers whose INT8 costs most and keep them in float until accuracy holds.
+"""Mixed precision: keep in float the layers that buy the most accuracy for what they cost on the board.
 
 Format-independent: it sees a model only through its ``Candidates`` (ONNX QDQ or TFLite) and runs
-every candidate through the deployed backend. Sensitivity of a layer = relative output error (noise
-/ signal power, summed over the outputs, dequantized) of the candidate with only that layer in INT8,
-on calibration photos. The guard then keeps the k most sensitive layers in float for growing k and
-scores each candidate on the tune photos, stopping at the first that holds both limits: at most
-``max_drop`` points below FP32 against the annotations, and at least ``min_agreement`` with the
-FP32 model's own detections (the steadier of the two: it needs no labels and moves less between
-photo sets).
+every candidate through the deployed backend. Where each layer's cost on the board is known (the
+instructions it adds on a Pi 5 when kept in float, ``board_cost``: TFLite), a layer's gain is measured
+where the guard judges, on the tune photos: the candidate with only that layer in float against the
+all-int8 one (agreement points + mAP points), and layers are ranked by gain per instruction. The
+output error that int8 adds does not predict detections: choosing each activation range by it halved
+the gesture detector's output error and lost 0.3 agreement points. Without costs (QDQ ONNX, whose
+cost the Pi model does not cover) the ranking is by sensitivity: the relative output error (noise /
+signal power, summed over the outputs, dequantized) of the candidate with only that layer in INT8, on
+calibration photos. The guard keeps the k first-ranked layers in float for growing k and scores each
+candidate on the tune photos, stopping at the first that holds both limits: at most ``max_drop``
+points below FP32 against the annotations, and at least ``min_agreement`` with the FP32 model's own
+detections (the steadier of the two: it needs no labels and moves less between photo sets). With
+costs, it then tries to give back each float layer of that candidate, the costliest first, and keeps
+every removal after which the limits still hold.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +33,7 @@ from hagrid_edge.quantize.candidates import Candidate, Candidates
 from hagrid_edge.spec import ModelSpec
 
 SENSITIVITY_PHOTOS = 24
+PRUNE_TRIES = 12  # float layers the cost pass tries to give back (each try scores one candidate on tune)
 
 
 @dataclass
@@ -51,6 +59,8 @@ class GuardResult:
     within: bool
     trials: list[dict] = field(default_factory=list)  # {"float_layers": k, "value": .., "agreement": ..}
     sensitivity: list[tuple[str, float]] = field(default_factory=list)
+    ranked_by: str = "sensitivity"  # or "gain per instruction" when the layers' costs were known
+    gains: list[tuple[str, float]] = field(default_factory=list)  # layer -> tune points its float form gains
 
 
 def model_inputs(spec: ModelSpec, photos: Sequence[Sample]) -> list[np.ndarray]:
@@ -94,27 +104,74 @@ def _schedule(n: int) -> list[int]:
     return ks + [n]
 
 
-def _trial(k: int, score: Score) -> dict:
-    return {"float_layers": k, "value": score.value, "agreement": score.agreement.get("mAP50_95")}
+def _trial(k: int, score: Score, dropped: str | None = None) -> dict:
+    out = {"float_layers": k, "value": score.value, "agreement": score.agreement.get("mAP50_95")}
+    return {**out, "gave_back": dropped} if dropped else out
+
+
+def _points(score: Score) -> float:
+    return score.value + score.agreement.get("mAP50_95", 0.0)
+
+
+def unit_gains(cands: Candidates, scorer: Scorer, all_int8: Score) -> list[tuple[str, float]]:
+    """(layer, points gained on the scorer's photos with only it in float: agreement + mAP), most first."""
+    gains = []
+    for unit in cands.units:
+        cand = cands.build(float_layers=[unit])
+        gains.append((unit, round(_points(scorer.score(cand.path, cand.spec)) - _points(all_int8), 4)))
+    return sorted(gains, key=lambda t: -t[1])
+
+
+def rank(gains: Sequence[tuple[str, float]], costs: Mapping[str, float] | None) -> list[str]:
+    """Layers in the order the guard keeps them in float: most gain per instruction first when ``costs``
+    (instructions each adds in float) are known, most gain first otherwise."""
+    if not costs:
+        return [name for name, _ in gains]
+    floor = max(1.0, min((c for c in costs.values() if c > 0), default=1.0))  # a layer that costs nothing
+    return [name for name, _ in sorted(gains, key=lambda t: -t[1] / max(costs.get(t[0], floor), floor))]
+
+
+def _give_back(cands: Candidates, chosen: GuardResult, scorer: Scorer, reference: Score, limits: Limits,
+               costs: Mapping[str, float]) -> GuardResult:
+    """``chosen`` with every float layer (costliest first, at most ``PRUNE_TRIES``) that can go back to int8
+    while the limits still hold on the tune photos."""
+    floats = list(chosen.candidate.float_layers)
+    for name in sorted(floats, key=lambda n: -costs.get(n, 0.0))[:PRUNE_TRIES]:
+        trial = [n for n in floats if n != name]
+        cand = cands.build(float_layers=trial)
+        score = scorer.score(cand.path, cand.spec)
+        chosen.trials.append(_trial(len(trial), score, name))
+        if limits.holds(reference, score):
+            floats = trial
+            chosen = GuardResult(cand, score, True, chosen.trials, chosen.sensitivity, chosen.ranked_by, chosen.gains)
+    return chosen
 
 
 def mixed_precision(cands: Candidates, fp32: Candidate, calib_photos: Sequence[Sample], scorer: Scorer,
-                    reference: Score, limits: Limits) -> GuardResult:
+                    reference: Score, limits: Limits, costs: Mapping[str, float] | None = None) -> GuardResult:
     """The fully INT8 candidate if it holds ``limits`` on the scorer's photos, else the first with the k
-    most sensitive layers in float that does; when none does, the best one with ``within=False``."""
+    first-ranked layers (``rank``) in float that does, then (with ``costs``) with the float layers it can
+    give back returned to int8; when none holds, the best one with ``within=False``."""
     first = cands.build()
     score = scorer.score(first.path, first.spec)
     trials = [_trial(0, score)]
     if limits.holds(reference, score):
         return GuardResult(first, score, True, trials)
-    ranking = layer_sensitivity(cands, fp32, calib_photos)
-    best = GuardResult(first, score, False, trials, ranking)
-    for k in _schedule(len(ranking)):
-        cand = cands.build(float_layers=[name for name, _ in ranking[:k]])
+    if costs:
+        gains, ranking, how = unit_gains(cands, scorer, score), [], "gain per instruction"
+    else:
+        ranking = layer_sensitivity(cands, fp32, calib_photos)
+        gains, how = ranking, "sensitivity"
+    order = rank(gains, costs)
+    keep = {"sensitivity": ranking, "ranked_by": how, "gains": gains if costs else []}
+    best = GuardResult(first, score, False, trials, **keep)
+    for k in _schedule(len(order)):
+        cand = cands.build(float_layers=order[:k])
         cand_score = scorer.score(cand.path, cand.spec)
         trials.append(_trial(k, cand_score))
         if limits.holds(reference, cand_score):
-            return GuardResult(cand, cand_score, True, trials, ranking)
+            found = GuardResult(cand, cand_score, True, trials, **keep)
+            return _give_back(cands, found, scorer, reference, limits, costs) if costs else found
         if cand_score.value > best.score.value:
-            best = GuardResult(cand, cand_score, False, trials, ranking)
+            best = GuardResult(cand, cand_score, False, trials, **keep)
     return best

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from hagrid_edge.errors import HagridEdgeError
+from hagrid_edge.quantize import board_cost
 from hagrid_edge.quantize.candidates import Candidate
 from hagrid_edge.quantize.onnx_int8 import PERCENTILE
 from hagrid_edge.spec import ModelSpec
@@ -207,6 +208,10 @@ class TFLiteCandidates:
                                      "max": np.full(shape, input_range[1], np.float32)}
         self.calibration_inputs = len(calib_inputs)
         self._count = 0
+
+    def unit_costs(self, cpu: str = board_cost.REFERENCE_CPU) -> dict[str, float] | None:
+        """Instructions per inference each unit adds on ``cpu`` when kept in float (``board_cost``)."""
+        return board_cost.unit_costs(self.float_tflite, self._ops, cpu)
 
     def _recipe(self, float_layers: Sequence[str], only: Sequence[str] | None) -> list[dict]:
         from ai_edge_quantizer import recipe

@@ -234,10 +234,13 @@ def test_pair_is_calibrated_guarded_and_reported(hand_detector, crop_classifier,
     guard_ref = det_int8["guarded_against"]
     assert guard_ref["task"] == "gestures" and "all-float detector" in guard_ref["what"]
     assert det_int8["tune"]["task"] == "hands" and det_int8["report"]["task"] == "hands"
+    # the guard always reaches its limits here (its last candidate is the all-float form it is judged
+    # against), and the exit code says so: what it ships holds them, on the pair and on hands alone
+    assert det_int8["within_limits_on_tune"]
     chosen = next(t for t in det_int8["trials"] if t["float_layers"] == len(det_int8["float_layers"]))
-    if det_int8["within_limits_on_tune"]:
-        assert chosen["agreement"] >= guard_ref["agreement"]["mAP50_95"] - 1.0
-        assert chosen["value"] >= guard_ref["value"] - 0.5
+    assert chosen["agreement"] >= guard_ref["agreement"]["mAP50_95"] - 1.0
+    assert chosen["value"] >= guard_ref["value"] - 0.5
+    assert det_int8["tune"]["drop"]["mAP50_95"] <= 0.5 and det_int8["tune"]["agreement"]["mAP50_95"] >= 99.0
     (cls_int8,) = cls["targets"]
     # the classifier is judged in the pipeline (gestures, behind the INT8 detector), not on crops alone
     assert cls_int8["tune"]["task"] == "gestures" and cls_int8["tune"]["agreement"]

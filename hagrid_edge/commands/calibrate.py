@@ -67,6 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
                    help="smallest accepted agreement with the FP32 model on the tune photos: mAP50-95 of the INT8 "
                         f"detections against FP32's own (default {DEFAULT_MIN_AGREEMENT})")
+    p.add_argument("--max-board-ratio", type=float, default=None, metavar="R",
+                   help="TFLite INT8: at most R times its FP32 form's instructions per frame on a Pi 5 "
+                        "(modelled, quantize/board_cost.py); default: no cost limit")
     p.add_argument("--max-point-error", type=float, default=None, metavar="PCT",
                    help="hand landmark models: largest accepted mean INT8-vs-FP32 point distance on the tune photos, "
                         f"in %% of the hand box's long side (default {DEFAULT_MAX_POINT_ERROR})")
@@ -101,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         raise HagridEdgeError(f"--min-agreement must be within 0..100, got {args.min_agreement}")
     if args.eval_limit is not None and args.eval_limit <= 0:
         raise HagridEdgeError(f"--eval-limit must be positive, got {args.eval_limit}")
+    if args.max_board_ratio is not None and args.max_board_ratio <= 0:
+        raise HagridEdgeError(f"--max-board-ratio must be positive, got {args.max_board_ratio}")
     model = args.model or default_model()
     if model.suffix.lower() == ".tflite":
         return _landmarks(args, model)
@@ -111,11 +116,23 @@ def run(args: argparse.Namespace) -> int:
                    min_agreement=args.min_agreement, limit=args.limit, spec_file=args.spec,
                    classifier=args.classifier, classifier_spec=args.classifier_spec, trt_version=args.trt_version,
                    eval_limit=args.eval_limit, threads=args.threads, guard=not args.no_guard,
-                   detector_guard=args.detector_guard)
+                   detector_guard=args.detector_guard, max_board_ratio=args.max_board_ratio)
     report = calibrate(opts)
     print(report.markdown(), end="")
     failed = [t.target for t in report.targets if t.error] + [p.target for p in report.pairs if p.error]
-    return 2 if failed else 0
+    if failed:
+        return 2
+    return _over_limits([t for t in report.targets if t.within is False])
+
+
+def _over_limits(targets: list) -> int:
+    """3 (one line naming them) when the guard could not hold some artifact to its limits, else 0."""
+    if not targets:
+        return 0
+    names = ", ".join(f"{t.target} ({t.path.name})" for t in targets)
+    print(f"calibrate: no candidate held the limits on the tune photos for {names}; written under that name "
+          "with the report", file=sys.stderr)
+    return 3
 
 
 def _landmarks(args: argparse.Namespace, model: Path) -> int:
@@ -135,7 +152,9 @@ def _landmarks(args: argparse.Namespace, model: Path) -> int:
         max_point_error=max_error, max_presence_diff=max_presence, limit=args.limit, spec_file=args.spec,
         eval_limit=args.eval_limit, threads=args.threads, guard=not args.no_guard))
     print(report.markdown(), end="")
-    return 2 if any(t.error for t in report.targets) else 0
+    if any(t.error for t in report.targets):
+        return 2
+    return _over_limits([t for t in report.targets if t.within is False])
 
 
 def main(argv: list[str] | None = None) -> int:
