@@ -180,7 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     _print_table(samples, verdict, summary, args.warmup, dropped)
     if args.report:
         write_text_atomic(args.report, json.dumps(report, indent=1) + "\n")
-    return 0 if verdict["rss_ok"] and verdict["queue_ok"] and dropped == 0 else 1
+    failures = []
+    if not verdict["rss_ok"]:
+        failures.append(f"RSS grew {verdict['rss_growth_pct']:+.2f} % after the {args.warmup:g} min warm-up "
+                        f"({verdict['rss_start_mb']} -> {verdict['rss_end_mb']} MB), limit {args.max_rss_growth:g} %")
+    if not verdict["queue_ok"]:
+        failures.append(f"queues grew by {verdict['queue_growth']:+.2f} items (later half against earlier half)")
+    if dropped:
+        failures.append(f"{dropped} events dropped")
+    for f in failures:
+        print(f"bench_soak: FAIL {f}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

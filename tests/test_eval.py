@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -12,7 +13,7 @@ import pytest
 
 from hagrid_edge.bootstrap import groups_of
 from hagrid_edge.cli import main
-from hagrid_edge.data.annotations import load_split
+from hagrid_edge.data.annotations import Sample, load_split
 from hagrid_edge.evaluate import (
     EVAL_SCORE_THRESHOLD,
     ResampledCocoMap,
@@ -24,7 +25,7 @@ from hagrid_edge.evaluate import (
 )
 from hagrid_edge.images import read_rgb
 from hagrid_edge.pipeline import load_pipeline
-from hagrid_edge.processing import preprocess
+from hagrid_edge.processing import Detections, preprocess
 from hagrid_edge.spec import resolve_spec
 
 
@@ -37,22 +38,65 @@ def test_hand_detector_scores_like_the_authors_report(capsys, mini_root, hand_de
     r = _eval_json(capsys, "--model", str(hand_detector), "--data", str(mini_root), "--split", "val",
                    "--task", "hands")
     assert r["images"] == 167 and set(r["per_class"]) == {"hand"}
-    # The issue's expectation on this split is about 58 / 81 (FP32 ONNX Runtime).
-    assert 54 <= r["mAP50_95"] <= 62 and 78 <= r["mAP50"] <= 87
+    # The README's "Measured" table: the authors' hand detector as shipped, hands 57.6 / 82.9 on val
+    # (one decimal; 0.1 leaves room for another CPU's ONNX Runtime kernels, not for a regression).
+    assert r["mAP50_95"] == pytest.approx(57.6, abs=0.1) and r["mAP50"] == pytest.approx(82.9, abs=0.1)
 
 
-def test_two_stage_pair_scores_gestures(capsys, mini_root, hand_detector, crop_classifier) -> None:
-    r = _eval_json(capsys, "--model", str(hand_detector), "--classifier", str(crop_classifier),
-                   "--data", str(mini_root), "--split", "val", "--task", "gestures")
-    assert 47 <= r["mAP50_95"] <= 57 and 64 <= r["mAP50"] <= 75
-    assert "no_gesture" in r["per_class"] and "palm" in r["per_class"]
+def test_two_stage_pair_scores_gestures(capsys, mini_root, hand_detector, crop_classifier, pair_val_direct) -> None:
+    """eval's figures for the pair are pycocotools' own on the raw annotation files (conftest's pair_val_direct)."""
+    for task in ("gestures", "hands"):
+        r = _eval_json(capsys, "--model", str(hand_detector), "--classifier", str(crop_classifier),
+                       "--data", str(mini_root), "--split", "val", "--task", task)
+        assert r["images"] == 167
+        assert (r["mAP50_95"], r["mAP50"]) == pytest.approx((pair_val_direct[task]["mAP50_95"],
+                                                             pair_val_direct[task]["mAP50"]), abs=0.01)
+    assert "no_gesture" in r["per_class"] or task == "hands"
 
 
 def test_crop_classifier_f1_on_annotated_hands(capsys, mini_root, crop_classifier) -> None:
-    r = _eval_json(capsys, "--model", str(crop_classifier), "--data", str(mini_root), "--split", "val",
-                   "--limit", "60")
-    assert r["task"] == "classify" and r["samples"] >= 60
-    assert r["accuracy"] > 60 and r["f1"] > 40
+    r = _eval_json(capsys, "--model", str(crop_classifier), "--data", str(mini_root), "--split", "val")
+    assert r["task"] == "classify" and r["samples"] > 167
+    # The accepted F1 of the authors' classifier on every annotated val hand, from an earlier bench run
+    # (tests/data/bench_baseline.json), within the gate's accuracy margin.
+    accepted = json.loads((Path(__file__).parent / "data" / "bench_baseline.json").read_text())
+    assert r["f1"] == pytest.approx(accepted["rows"]["crops_classifier.onnx"]["classify"]["f1"], abs=1.0)
+
+
+def _sample(name: str, gesture: str, boxes_xyxy: list[list[float]], labels: list[str]) -> Sample:
+    b = np.asarray(boxes_xyxy, np.float64).reshape(-1, 4) / 100.0  # 100x100 photos: normalised x, y, w, h
+    return Sample(name, gesture, Path(f"{name}.jpg"), np.c_[b[:, :2], b[:, 2:] - b[:, :2]], labels)
+
+
+def _dets(rows: list[tuple[list[float], float, str]]) -> Detections:
+    return Detections(np.asarray([r[0] for r in rows], np.float32), np.asarray([r[1] for r in rows], np.float32),
+                      np.zeros(len(rows), np.int64), [r[2] for r in rows])
+
+
+def test_map_of_hand_written_detections() -> None:
+    """COCO mAP worked out by hand on two photos (101 recall points, IoU thresholds 0.50:0.05:0.95).
+
+    Photo a: a like hand [10, 10, 50, 50] and a palm hand [60, 60, 90, 90]; photo b: nothing.
+    Detections: palm elsewhere (0.95, a false positive), like on the like hand (0.9, IoU 1), palm grown by
+    6 px at the bottom (0.8, IoU 900 / 1080 = 0.833: a match at 7 of the 10 thresholds), fist on photo b
+    (0.3, a class without ground truth), like elsewhere (0.2).
+    gestures: like AP 1 at every threshold; palm 1/2 precision at full recall where it matches:
+        mAP50-95 = (1 + 0.5 * 7/10) / 2 = 67.5, mAP50 = (1 + 0.5) / 2 = 75.
+    hands: at the 7 thresholds where both match, FP, TP, TP: precision 2/3 at every recall: AP 0.6667;
+        at the other 3 only the like box matches: precision 1/2 up to recall 1/2 (51 of 101 points): 0.2525;
+        mAP50-95 = (7 * 0.6667 + 3 * 0.2525) / 10 = 54.24, mAP50 = 66.67.
+    """
+    samples = [_sample("a", "like", [[10, 10, 50, 50], [60, 60, 90, 90]], ["like", "palm"]),
+               _sample("b", "fist", [], [])]
+    dets = [_dets([([5, 60, 25, 80], 0.95, "palm"), ([10, 10, 50, 50], 0.9, "like"), ([60, 60, 90, 96], 0.8, "palm"),
+                   ([70, 5, 95, 25], 0.2, "like")]),
+            _dets([([0, 0, 5, 5], 0.3, "fist")])]
+    sizes = [(100, 100), (100, 100)]
+    gestures = score_detections(samples, sizes, dets, "gestures")
+    assert (gestures["mAP50_95"], gestures["mAP50"]) == (67.5, 75.0)
+    assert gestures["per_class"] == {"like": 100.0, "palm": 35.0}
+    hands = score_detections(samples, sizes, dets, "hands")
+    assert (hands["mAP50_95"], hands["mAP50"]) == (54.24, 66.67)
 
 
 def test_nms_outputs_are_mapped_back_to_frame_pixels(mini_root, hand_detector) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import need_module
 from test_run_cli import HOLD, SEQUENCE, make_video, read_events
 
 from hagrid_edge.cli import main
@@ -25,7 +26,7 @@ from hagrid_edge.paths import DEFAULT_DATA
 from hagrid_edge.processing import square_crop_box
 from hagrid_edge.spec import ModelSpec, sha256_file
 
-pytest.importorskip("ai_edge_litert", reason="the landmark models run on LiteRT (the [tflite] extra)")
+need_module("ai_edge_litert", "the landmark models run on LiteRT (the [tflite] extra)")
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import need_module
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import batched_nms as tv_batched_nms
 
@@ -143,7 +144,7 @@ def test_lookup_table_is_normalise_then_quantize(val_samples, color, layout, dty
 @pytest.fixture(scope="module")
 def int8_detector_logits(val_samples):
     """Real class logits of the shipped INT8 TFLite hand detector (anchors x [background, hand]) on val photos."""
-    pytest.importorskip("ai_edge_litert")
+    need_module("ai_edge_litert", "the shipped INT8 TFLite detector runs on LiteRT (the [tflite] extra)")
     from hagrid_edge.deploy.common.backend import open_backend
     from hagrid_edge.paths import DEFAULT_MODELS
     from hagrid_edge.processing import output

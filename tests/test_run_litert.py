@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import missing
 from test_run_cli import HOLD, SEQUENCE, letterboxed, make_video, read_events
 
 from hagrid_edge.cli import main
@@ -79,17 +80,27 @@ def test_spec_not_matching_the_model_is_refused(palm_model: Path, tmp_path: Path
         open_backend(junk, spec=palm_spec())
 
 
-def _shipped_tflite(folder: Path = DEFAULT_MODELS) -> list[tuple[str, Path]]:
-    """(task, path) of the .tflite artifacts shipped beside the default models (the quantize stage's export)."""
+def _shipped_tflite(folder: Path = DEFAULT_MODELS) -> list[tuple[str, Path, str | None]]:
+    """(task, path, error) of every .tflite shipped beside the default models that is a stage of the two-stage
+    pipeline (a hand detector or a crop classifier); a file whose spec cannot be read is kept with its error,
+    so it fails its test instead of vanishing from the list."""
     found = []
     for path in sorted(folder.glob("*.tflite")):
         try:
             spec = resolve_spec(path)
-        except HagridEdgeError:
+        except HagridEdgeError as e:
+            found.append(("unreadable", path, str(e)))
             continue
         if spec.task == "detector" or (spec.crop is not None and not is_landmark_spec(spec)):
-            found.append((spec.task, path))
+            found.append((spec.task, path, None))
     return found
+
+
+def test_an_unreadable_shipped_tflite_stays_in_the_list(tmp_path: Path) -> None:
+    """A .tflite whose spec cannot be read is listed with its error (its test fails), not dropped."""
+    (tmp_path / "broken.tflite").write_bytes(b"TFL3" + bytes(64))
+    ((task, path, error),) = _shipped_tflite(tmp_path)
+    assert (task, path.name) == ("unreadable", "broken.tflite") and "broken.tflite" in error
 
 
 def run_two_stage(detector: Path, classifier: Path, mini_root: Path, tmp_path: Path) -> None:
@@ -106,12 +117,13 @@ def run_two_stage(detector: Path, classifier: Path, mini_root: Path, tmp_path: P
 
 
 @pytest.mark.parametrize("shipped", _shipped_tflite() or [None], ids=lambda t: t[1].name if t else "none")
-def test_run_with_shipped_tflite(shipped: tuple[str, Path] | None, hand_detector: Path, crop_classifier: Path,
-                                 mini_root: Path, tmp_path: Path) -> None:
+def test_run_with_shipped_tflite(shipped: tuple[str, Path, str | None] | None, hand_detector: Path,
+                                 crop_classifier: Path, mini_root: Path, tmp_path: Path) -> None:
     """A shipped .tflite takes its stage's place in the authors' two-stage pipeline."""
     if shipped is None:
-        pytest.skip(f"no .tflite hand detector or crop classifier in {DEFAULT_MODELS} (the quantize stage exports them)")
-    task, path = shipped
+        missing(f"no .tflite hand detector or crop classifier in {DEFAULT_MODELS} (the quantize stage exports them)")
+    task, path, error = shipped
+    assert error is None, f"{path.name}: shipped, but its spec cannot be read: {error}"
     if task == "detector":
         run_two_stage(path, crop_classifier, mini_root, tmp_path)
     else:

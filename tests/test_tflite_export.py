@@ -27,7 +27,6 @@ from hagrid_edge.quantize.tflite_int8 import WEIGHT_OPS, activation_ranges
 from hagrid_edge.spec import EMBEDDED_READERS, resolve_spec, sha256_file, sidecar_path
 
 CALIB_IMAGES = 40  # subsample images whose hands calibrate the classifier (one per gesture and more)
-EVAL_IMAGES = 80
 
 
 def _crops(root: Path, split: str, spec, limit: int) -> list[np.ndarray]:
@@ -99,12 +98,14 @@ def test_int8_input_and_float_output_match_interpreter(int8_model):
 
 def test_int8_f1_close_to_fp32_through_shared_eval(int8_model, crop_classifier, mini_root):
     path, _, _ = int8_model
-    samples = load_split(mini_root, "val")[:EVAL_IMAGES]
+    samples = load_split(mini_root, "val")  # every annotated val hand (199): a label is 0.5 % of them
     fp32 = evaluate_classifier(CropClassifier(open_backend(crop_classifier)), samples, progress=False)
     int8 = evaluate_classifier(CropClassifier(open_backend(path, threads=2)), samples, progress=False)
-    assert int8["samples"] == fp32["samples"] > EVAL_IMAGES
-    assert int8["f1"] > 50.0
-    assert abs(int8["f1"] - fp32["f1"]) < 5.0, (fp32["f1"], int8["f1"])
+    assert int8["samples"] == fp32["samples"] > len(samples)
+    # The INT8 promise for a classifier: calibrate's guard holds 0.5 F1 points on photos it did not tune on,
+    # and the CI gate allows 1.0 (benchmarks/gate.py int8_max_drop) for another machine's runtime. This
+    # all-int8 file has no guard behind it, so it must hold the gate's limit by itself (measured: 0.57).
+    assert abs(fp32["f1"] - int8["f1"]) <= 1.0, (fp32["f1"], int8["f1"])
 
 
 def test_plain_tflite_has_no_embedded_spec(int8_model, mediapipe_dir, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,7 +18,7 @@ from hagrid_edge.data.crops import photo_crops
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.models import load_model
 from hagrid_edge.train.config import from_dict
-from hagrid_edge.train.engine import Trainer, lr_factor
+from hagrid_edge.train.engine import Trainer, evaluate_model, lr_factor
 
 
 def _config(root, out, **train):
@@ -138,3 +139,46 @@ def test_sigint_leaves_the_last_checkpoint_loadable(tmp_path, mini_root):
     _, _, payload = load_model(out / "last.pt")
     assert payload["epoch"] >= 1
     assert list(out.glob("*.part")) == []
+
+
+def _few_photos(root, out, gestures: tuple[str, ...], per_gesture: int):
+    """A data root of ``per_gesture`` one-hand train photos of each gesture (the images stay where they are)."""
+    (out / "annotations" / "train").mkdir(parents=True)
+    (out / "hagrid_dataset_512").symlink_to(root / "hagrid_dataset_512")
+    for g in gestures:
+        entries = json.loads((root / "annotations" / "train" / f"{g}.json").read_text())
+        one_hand = [(k, v) for k, v in entries.items() if len(v["labels"]) == 1][:per_gesture]
+        (out / "annotations" / "train" / f"{g}.json").write_text(json.dumps(dict(one_hand)))
+    return out
+
+
+def test_the_detector_overfits_a_few_photos(tmp_path, mini_root, hand_detector):
+    """Learning, not plumbing: 15 epochs on 9 real photos (call, palm, like) must drive the loss down and the
+    gestures mAP on those photos up. The class heads start as copies of the authors' hand logit, so before
+    training every box is every gesture at once (mAP about 40); a run whose weights do not move stays there."""
+    import torch
+
+    gestures = ("call", "palm", "like")
+    root = _few_photos(mini_root, tmp_path / "data", gestures, 3)
+    cfg = {"out_dir": str(tmp_path / "run"),
+           "model": {"name": "onnx_ssd", "mode": "gestures", "classes": list(gestures), "init": str(hand_detector)},
+           "data": {"root": str(root), "targets": list(gestures), "workers": 0, "val_split": "train"},
+           "augment": {"hflip": 0.0, "crop": 0.0, "color": 0.0},
+           "train": {"epochs": 15, "batch_size": 3, "lr": 0.002, "optimizer": "adamw", "weight_decay": 0.0,
+                     "warmup_epochs": 2, "ema": None, "eval_every": 15}}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the same sums in the same order on every machine
+    try:
+        trainer = Trainer(from_dict(cfg), progress=False)
+        assert len(trainer.val_samples) == 9 and [s.image_id for s in trainer.val_samples] == [
+            s.image_id for s in trainer.train_set.samples]  # scored on the very photos it trains on
+        before = evaluate_model(trainer.model, trainer.spec, trainer.val_samples, False, trainer.device)
+        history = trainer.fit()["history"]
+    finally:
+        torch.set_num_threads(threads)
+    first, last = history[0]["train/loss"], history[-1]["train/loss"]
+    after = history[-1]["gestures/mAP50_95"]
+    print(f"loss {first} -> {last}; gestures mAP50-95 on the 9 photos {before['gestures/mAP50_95']} -> {after}")
+    assert last <= 0.4 * first, f"the loss did not fall: {first} -> {last}"
+    assert after >= 65 and after >= before["gestures/mAP50_95"] + 25, (
+        f"nothing learned: gestures mAP50-95 on the photos it trained on {before['gestures/mAP50_95']} -> {after}")

@@ -4,13 +4,19 @@
 
 INT8 comes from either a QDQ ONNX (explicit quantization: TensorRT's ONNX parser maps QuantizeLinear /
 DequantizeLinear, per-tensor and per-axis, onto its Q/DQ layers since 8.0 (TensorRT OSS 8.0.1 release
-notes), so every supported TensorRT, 8.2 on; a strongly typed network on TensorRT >= 10) or the FP32
-ONNX plus the calibration cache written by ``quantize/calibrate.py`` (implicit INT8 for TensorRT 8.x to
-10.x; the cache's header is retagged for the TensorRT found here). Whether the ONNX carries Q/DQ is
-read from TensorRT's own parse of it, so the builder needs no onnx package. The
-engine's ``<engine>.json`` sidecar carries the source's spec plus ``provenance.engine`` (TensorRT
-version, GPU, precision, source ONNX sha256) that the runtime checks before loading it.
-TensorRT and cuda-python are imported only when a build runs.
+notes), so every supported TensorRT; a strongly typed network on TensorRT >= 10) or the FP32 ONNX plus
+the calibration cache written by ``quantize/calibrate.py`` (implicit INT8 for TensorRT 8.5 to 10.x; the
+cache's header is retagged for the TensorRT found here). Whether the ONNX carries Q/DQ is read from
+TensorRT's own parse of it, so the builder needs no onnx package. The engine's ``<engine>.json`` sidecar
+carries the source's spec plus ``provenance.engine`` (TensorRT version, GPU, precision, source ONNX
+sha256) that the runtime checks before loading it. TensorRT and cuda-python are imported only when a
+build runs.
+
+Supported: TensorRT 8.5 (JetPack 5.1) and newer. TensorRT 11 removed weak typing: no FP16 / INT8
+builder flags, no calibrators, no EXPLICIT_BATCH flag (every network is explicit-batch and strongly
+typed), so there an INT8 engine comes from the QDQ ONNX only and an FP16 engine from an FP16 ONNX.
+tests/test_tensorrt_conformance.py checks every TensorRT name used here against the real bindings of
+each supported line.
 """
 
 from __future__ import annotations
@@ -28,9 +34,13 @@ from hagrid_edge.paths import write_bytes_atomic
 from hagrid_edge.quantize.trt_cache import CalibrationCache, format_cache, read_cache, retag
 from hagrid_edge.spec import resolve_spec, save_sidecar, sha256_file
 
-MIN_TRT = (8, 2)  # JetPack 4.6; Q/DQ ONNX parses from 8.0, so explicit INT8 works on every supported version
+# JetPack 5.1. Older ones cannot run hagrid-edge's TensorRT code at all: JetPack 4.6 (TensorRT 8.2) has
+# CUDA 10.2, for which there is no cuda-python (it starts at CUDA 11), and Python 3.6.
+MIN_TRT = (8, 5)
 STRONGLY_TYPED_FROM = (10, 0)
-IMPLICIT_INT8_UNTIL = 10  # TensorRT 11 builds strongly typed networks only
+# TensorRT 11 builds strongly typed networks only: it removed BuilderFlag.FP16 / INT8, the INT8 calibrators
+# and NetworkDefinitionCreationFlag.EXPLICIT_BATCH.
+WEAK_TYPING_UNTIL = 10
 CALIBRATORS = {"EntropyCalibration2": "IInt8EntropyCalibrator2", "EntropyCalibration": "IInt8EntropyCalibrator",
                "MinMaxCalibration": "IInt8MinMaxCalibrator"}
 
@@ -65,6 +75,17 @@ def trt_version(text: str) -> tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+def network_flags(trt: ModuleType, version: str, strongly_typed: bool) -> int:
+    """``create_network``'s flags: explicit batch before TensorRT 10 (the only kind from 10 on, and the flag is
+    gone in 11), strongly typed as planned (always, without a flag, in 11)."""
+    v = trt_version(version)
+    kinds = trt.NetworkDefinitionCreationFlag
+    flags = 1 << int(kinds.EXPLICIT_BATCH) if v < (10, 0) else 0
+    if strongly_typed and v[0] <= WEAK_TYPING_UNTIL:
+        flags |= 1 << int(kinds.STRONGLY_TYPED)
+    return flags
+
+
 def has_qdq(trt: ModuleType, network: object) -> bool:
     """Whether the parsed network has Q/DQ layers (explicit quantization)."""
     qdq = (trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE)
@@ -77,13 +98,26 @@ def plan_build(opts: BuildOptions, version: str, qdq: bool) -> BuildPlan:
     if opts.precision not in PRECISIONS:
         raise HagridEdgeError(f"--precision {opts.precision!r} is not one of {', '.join(PRECISIONS)}")
     if v < MIN_TRT:
-        raise HagridEdgeError(f"TensorRT {version} is older than {MIN_TRT[0]}.{MIN_TRT[1]} (JetPack 4.6); upgrade JetPack")
+        raise HagridEdgeError(f"TensorRT {version} is older than {MIN_TRT[0]}.{MIN_TRT[1]} (JetPack 5.1); upgrade "
+                              "JetPack (JetPack 4.6's CUDA 10.2 has no cuda-python)")
     if opts.calib_cache is not None and (opts.precision != "int8" or qdq):
         raise HagridEdgeError(f"--calib-cache {opts.calib_cache}: a calibration cache goes with --precision int8 "
                               "and the FP32 ONNX (a QDQ ONNX carries its own scales)")
     if opts.dla_core is not None and opts.precision == "fp32":
         raise HagridEdgeError("--dla-core: the DLA runs FP16 or INT8 only; pass --precision fp16 or int8")
     plan = BuildPlan()
+    if v[0] > WEAK_TYPING_UNTIL:  # strongly typed only: the types come from the ONNX
+        if opts.precision == "fp16":
+            raise HagridEdgeError(f"TensorRT {version} has no FP16 builder flag (strongly typed networks only): an "
+                                  "FP16 engine comes from an FP16 ONNX (e.g. ModelOpt AutoCast), built with "
+                                  "--precision fp32, which then keeps the file's own types")
+        if opts.precision == "int8" and not qdq:
+            raise HagridEdgeError(f"TensorRT {version} has no implicit INT8 (calibration caches); build from the "
+                                  "QDQ ONNX written by quantize/calibrate.py")
+        plan.strongly_typed = True
+        if opts.dla_core is not None:
+            plan.flags.append("GPU_FALLBACK")
+        return plan
     if opts.precision == "fp16":
         plan.flags.append("FP16")
     elif opts.precision == "int8" and qdq:
@@ -91,9 +125,6 @@ def plan_build(opts: BuildOptions, version: str, qdq: bool) -> BuildPlan:
         if not plan.strongly_typed:
             plan.flags += ["INT8", "FP16"] if opts.fp16_fallback else ["INT8"]
     elif opts.precision == "int8":
-        if v[0] > IMPLICIT_INT8_UNTIL:
-            raise HagridEdgeError(f"TensorRT {version} has no implicit INT8 (calibration caches); build from the "
-                                  "QDQ ONNX written by quantize/calibrate.py")
         if opts.calib_cache is None:
             raise HagridEdgeError(f"{opts.onnx} has no Q/DQ nodes: INT8 from an FP32 ONNX needs --calib-cache "
                                   "(quantize/calibrate.py --targets trt-cache), or pass the QDQ ONNX")
@@ -171,18 +202,16 @@ def build_engine(opts: BuildOptions) -> EngineInfo:
     gpu, capability = device_identity(_import_cudart())
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    flags = network_flags(trt, trt.__version__, strongly_typed=False)
     network = builder.create_network(flags)
     _parse(trt, network, logger, opts.onnx)
     plan = plan_build(opts, trt.__version__, has_qdq(trt, network))
-    if plan.strongly_typed:  # the network kind is fixed at creation: parse again into a strongly typed one
-        network = builder.create_network(flags | 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    if network_flags(trt, trt.__version__, plan.strongly_typed) != flags:
+        # the network kind is fixed at creation: parse again into a strongly typed one
+        network = builder.create_network(network_flags(trt, trt.__version__, plan.strongly_typed))
         _parse(trt, network, logger, opts.onnx)
     config = builder.create_builder_config()
-    if hasattr(config, "set_memory_pool_limit"):
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mib << 20)
-    else:  # TensorRT 8.2/8.3
-        config.max_workspace_size = opts.workspace_mib << 20
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mib << 20)  # TensorRT >= 8.4
     for name in plan.flags:
         config.set_flag(getattr(trt.BuilderFlag, name))
     profile = _profile(trt, builder, network, opts.max_batch)

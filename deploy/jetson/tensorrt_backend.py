@@ -2,11 +2,14 @@
 
 Before deserializing, the engine's record (``provenance.engine`` in its ``<engine>.json`` sidecar)
 is checked against the running TensorRT version and GPU; an engine from elsewhere is refused with
-the command that rebuilds it here. Both TensorRT APIs are served: named I/O tensors
-(``execute_async_v3``, TensorRT >= 8.5: JetPack 5.1 and 6) and bindings (``execute_async_v2``,
-TensorRT 8.2 on JetPack 4.6). An engine built for a DLA core is loaded onto that core. Outputs must
-have static shapes (raw SSD heads, logits): an engine with NMS inside has data-dependent output
-sizes and is refused.
+the command that rebuilds it here. TensorRT's named I/O tensors (``execute_async_v3``, TensorRT >= 8.5:
+JetPack 5.1 and 6, and 10.x / 11.x elsewhere) are the API used; older TensorRT is refused (JetPack 4.6's
+TensorRT 8.2 comes with CUDA 10.2, for which there is no cuda-python). CUDA comes from cuda-python in
+either layout: ``cuda.bindings.runtime`` (cuda-python >= 12.6, JetPack 6) or ``cuda.cudart`` (the
+cuda-python 11.8 of JetPack 5's CUDA 11.4 and Python 3.8). An engine built for a DLA core is loaded
+onto that core. Outputs must have static shapes (raw SSD heads, logits): an engine with NMS inside has
+data-dependent output sizes and is refused. tests/test_tensorrt_conformance.py checks every TensorRT
+name used here against the real bindings of each supported line.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from hagrid_edge.deploy.jetson.build_engine import device_identity
+from hagrid_edge.deploy.jetson.build_engine import MIN_TRT, device_identity, trt_version
 from hagrid_edge.deploy.jetson.engine_meta import check_compatible, engine_info
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.spec import ModelSpec
@@ -34,10 +37,10 @@ def _import_tensorrt() -> ModuleType:
 
 def _import_cudart() -> ModuleType:
     try:
-        from cuda.bindings import runtime  # cuda-python >= 12.6
+        from cuda.bindings import runtime  # cuda-python >= 12.6 (JetPack 6)
     except ImportError:
         try:
-            from cuda import cudart as runtime  # older cuda-python
+            from cuda import cudart as runtime  # cuda-python 11.8 (JetPack 5: CUDA 11.4, Python 3.8)
         except ImportError:
             raise HagridEdgeError("cuda-python is not installed: pip install 'hagrid-edge[jetson]' "
                                   "(cuda-python matching the JetPack CUDA version)") from None
@@ -77,6 +80,9 @@ def _device_index(device: str) -> int:
 class TensorRTBackend:
     def __init__(self, path: Path, spec: ModelSpec, threads: int | None = None, device: str = "cpu") -> None:
         trt = _import_tensorrt()
+        if trt_version(trt.__version__) < MIN_TRT:
+            raise HagridEdgeError(f"{path}: TensorRT {trt.__version__} is older than {MIN_TRT[0]}.{MIN_TRT[1]} "
+                                  "(JetPack 5.1), the oldest TensorRT hagrid-edge runs; upgrade JetPack")
         self.cuda = _Cuda(_import_cudart(), path)
         self.path, self.spec, self.name = path, spec, "tensorrt-cuda"
         info = engine_info(spec, path)
@@ -93,7 +99,6 @@ class TensorRTBackend:
             raise HagridEdgeError(f"{path}: TensorRT cannot deserialize it (not an engine, or a damaged one); "
                                   f"rebuild it here: {info.rebuild_command(path)}")
         self.context = self.engine.create_execution_context()
-        self._v3 = hasattr(self.engine, "num_io_tensors")
         io = self._io(trt)
         inputs = [n for n, (is_in, _, _) in io.items() if is_in]
         outputs = {n for n, (is_in, _, _) in io.items() if not is_in}
@@ -121,51 +126,32 @@ class TensorRTBackend:
             self._buffers[name] = self.cuda.call("cudaMalloc", max(int(np.prod(shape)) * dtype.itemsize, 1))
             if not is_in:
                 self._out_dtypes[name] = dtype
-        self._order = list(io)  # binding order (TensorRT 8.2)
-        if self._v3:
-            for name, ptr in self._buffers.items():
-                self.context.set_tensor_address(name, ptr)
+        for name, ptr in self._buffers.items():
+            self.context.set_tensor_address(name, ptr)
 
-    # ---- the two TensorRT APIs ------------------------------------------------------------------
+    # ---- TensorRT's named I/O tensors -----------------------------------------------------------
     def _io(self, trt: ModuleType) -> dict[str, tuple[bool, tuple[int, ...], np.dtype]]:
-        """name -> (is input, shape, numpy dtype), in binding order."""
+        """name -> (is input, shape, numpy dtype), in the engine's order."""
         e = self.engine
-        if self._v3:
-            return {(n := e.get_tensor_name(i)): (e.get_tensor_mode(n) == trt.TensorIOMode.INPUT,
-                                                  tuple(e.get_tensor_shape(n)), np.dtype(trt.nptype(e.get_tensor_dtype(n))))
-                    for i in range(e.num_io_tensors)}
-        return {e.get_binding_name(i): (e.binding_is_input(i), tuple(e.get_binding_shape(i)),
-                                        np.dtype(trt.nptype(e.get_binding_dtype(i))))
-                for i in range(e.num_bindings)}
+        return {(n := e.get_tensor_name(i)): (e.get_tensor_mode(n) == trt.TensorIOMode.INPUT,
+                                              tuple(e.get_tensor_shape(n)), np.dtype(trt.nptype(e.get_tensor_dtype(n))))
+                for i in range(e.num_io_tensors)}
 
     def _max_input_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
         if all(d >= 0 for d in shape):
             return shape
-        name = self.spec.input_name
-        if self._v3:
-            profile = self.engine.get_tensor_profile_shape(name, 0)
-        else:
-            profile = self.engine.get_profile_shape(0, self._binding(name))
-        return tuple(profile[2])  # (min, opt, max)
-
-    def _binding(self, name: str) -> int:
-        return self.engine.get_binding_index(name)
+        return tuple(self.engine.get_tensor_profile_shape(self.spec.input_name, 0)[2])  # (min, opt, max)
 
     def _set_input_shape(self, shape: tuple[int, ...]) -> None:
         name = self.spec.input_name
-        if self._v3:
-            ok = self.context.set_input_shape(name, shape)
-        else:
-            ok = self.context.set_binding_shape(self._binding(name), shape)
+        ok = self.context.set_input_shape(name, shape)
         if not ok:  # outside the engine's optimisation profile
             raise HagridEdgeError(f"{self.path}: TensorRT refused input shape {tuple(shape)} for {name!r} "
                                   "(outside the engine's optimisation profile); rebuild it with a profile that "
                                   "covers it (build_engine.py --max-batch)")
 
     def _shape(self, name: str) -> tuple[int, ...]:
-        if self._v3:
-            return tuple(self.context.get_tensor_shape(name))
-        return tuple(self.context.get_binding_shape(self._binding(name)))
+        return tuple(self.context.get_tensor_shape(name))
 
     # ---- inference ------------------------------------------------------------------------------
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -182,10 +168,7 @@ class TensorRTBackend:
             self._set_input_shape(batch.shape)
         batch = np.ascontiguousarray(batch)
         self.cuda.h2d(self._buffers[self.spec.input_name], batch, self._stream)
-        if self._v3:
-            ok = self.context.execute_async_v3(int(self._stream))
-        else:
-            ok = self.context.execute_async_v2([self._buffers[n] for n in self._order], int(self._stream))
+        ok = self.context.execute_async_v3(int(self._stream))
         if not ok:
             raise HagridEdgeError(f"{self.path}: TensorRT execution failed")
         out = {name: np.empty(self._shape(name), dtype) for name, dtype in self._out_dtypes.items()}
