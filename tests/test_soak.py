@@ -5,6 +5,7 @@ less than 5 % after the warm-up), shown to fail on a run that leaks. The 30-minu
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,8 @@ def test_short_soak_samples_memory_and_queues_and_loses_no_event(tmp_path: Path)
 
 def test_a_leaking_run_fails_the_memory_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "sitecustomize.py").write_text(LEAK)
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the run is a child process: only it leaks
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    # the run is a child process: only it leaks
     rc, r = _soak(tmp_path / "soak.json", "0.3")
     print(f"planted leak: RSS {r['rss_start_mb']} -> {r['rss_end_mb']} MB ({r['rss_growth_pct']:+.2f} %)")
     assert r["rss_growth_pct"] >= 8 and not r["rss_ok"]
