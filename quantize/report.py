@@ -203,8 +203,8 @@ class Report:
                           + (", ".join(f"`{n}`" for n in t.float_layers) or "none") + ". Trials on tune "
                           + ("in the pair with the FP32 classifier (gestures) " if t.baseline and not paired else "")
                           + "(layers in float -> metric / agreement): "
-                          + ", ".join(f"{x['float_layers']} -> {x['value']:.2f} / {_fmt(x['agreement'])}"
-                                      for x in t.trials)]
+                          + ", ".join(f"{x['float_layers']}{' (one given back)' if x.get('gave_back') else ''} -> "
+                                      f"{x['value']:.2f} / {_fmt(x['agreement'])}" for x in t.trials)]
                 if t.ranked_by:
                     lines += ["", f"Layers ranked by {t.ranked_by}."
                               + (" Pi 5 instructions per inference each float layer adds: "
