@@ -255,7 +255,6 @@ def test_marker_counts_on_the_emulated_pi(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("extra", "message"), [
     (["--emulate", "pi5,pi3"], "--emulate 'pi3': unknown Pi CPU"),
-    (["--emulate", "pi5", "--gate"], "--emulate adds emulated devices"),
     (["--emulate", "pi5", "--emulate-frames", "0"], "--emulate-frames: must be at least 1"),
 ])
 def test_bench_emulate_bad_input_is_one_line(capsys, tmp_path, mini_root, extra, message) -> None:

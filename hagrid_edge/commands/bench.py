@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--emulate", metavar="CPUS",
                    help="also count guest instructions per frame and stage on emulated Raspberry Pi CPUs "
                         "(pi4,pi5: qemu-aarch64 user mode on a Pi's Debian 12 arm64 userland; a proxy, not a "
-                        "latency); one extra device per CPU")
+                        "latency); one extra device per CPU, whose INT8 instruction ratios --gate judges")
     p.add_argument("--emulate-frames", type=int, default=8, metavar="N",
                    help="real frames counted per artifact on each emulated CPU, after one warm-up frame (default: 8)")
     p.add_argument("--merge", nargs="+", metavar="REPORT_JSON",
@@ -63,6 +63,23 @@ def _positive(args: argparse.Namespace) -> None:
             raise HagridEdgeError(f"--{name.replace('_', '-')}: must be at least 1, got {value}")
     if args.warmup < 0 or args.min_time < 0 or args.timeout <= 0:
         raise HagridEdgeError("--warmup and --min-time must be >= 0, --timeout > 0")
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """--report (a folder) and --write-baseline (a file) must be writable before anything is measured."""
+    from pathlib import Path
+
+    from hagrid_edge.paths import check_output_path, refuse_same_file
+
+    report = Path(args.report)
+    if report.exists() and not report.is_dir():
+        raise HagridEdgeError(f"--report {report}: is a file; give a folder for report.json, report.md and the plot")
+    check_output_path("--report", report / "report.json")
+    if args.write_baseline:
+        refuse_same_file("--write-baseline", args.write_baseline,
+                         [("--baseline", args.baseline if args.gate else None),
+                          *(("--merge", m) for m in args.merge or ())])
+        check_output_path("--write-baseline", args.write_baseline)
 
 
 def _references(pairs: list[str]) -> dict[str, str]:
@@ -129,9 +146,6 @@ def _emulated_cpus(args: argparse.Namespace) -> list:
     """The Pi CPU profiles of --emulate (checked before anything is measured)."""
     if not args.emulate:
         return []
-    if args.gate or args.write_baseline:
-        raise HagridEdgeError("--emulate adds emulated devices to the report; the gate and baselines judge one "
-                              "device: run --gate without --emulate")
     from hagrid_edge.deploy.rpi.emulate import parse_cpus
 
     return parse_cpus(args.emulate)
@@ -142,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
     from hagrid_edge.paths import write_text_atomic
 
     _positive(args)
+    _check_outputs(args)
     rep = _merge(args) if args.merge else _bench(args)
     failures: list[str] = []
     if args.gate:
