@@ -140,7 +140,8 @@ def count_on(cpu: Any, targets: list[Any], config: Any, frames: int, warmup: int
     return machine, run, rows
 
 
-def attach_instruction_ratios(rows: list[dict[str, Any]], references: dict[str, str]) -> None:
+def attach_instruction_ratios(rows: list[dict[str, Any]],
+                              references: dict[tuple[str, ...], list[tuple[str, ...]]]) -> None:
     """INT8 rows get their instruction ratio against the FP32 row they were made from, on the same CPU."""
     from hagrid_edge.benchmarks.suite import attach_references
 
@@ -154,7 +155,8 @@ def attach_instruction_ratios(rows: list[dict[str, Any]], references: dict[str, 
                                      for part in ("infer", "total") if ref["instructions"][part]}
 
 
-def emulated_reports(cpus: list[Any], targets: list[Any], config: Any, references: dict[str, str],
+def emulated_reports(cpus: list[Any], targets: list[Any], config: Any,
+                     references: dict[tuple[str, ...], list[tuple[str, ...]]],
                      frames: int = 8, warmup: int = 1, host: str | None = None,
                      progress: Any = None) -> list[tuple[dict, dict, list]]:
     """One (machine, run, rows) per emulated CPU, labelled ``pi5-emulated`` (``HOST-pi5-emulated`` with --machine)."""

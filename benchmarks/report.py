@@ -140,8 +140,12 @@ def _machine_line(label: str, m: dict[str, Any], run: dict[str, Any]) -> str:
     board = f"; board: {m['board']}" if m.get("board") else ""
     jetson = "; " + ", ".join(f"{k}: {v}" for k, v in m["jetson"].items()) if m.get("jetson") else ""
     lat = run.get("latency") or {}
+    photos = (f"the held-apart half of [{run.get('split')}]'s users (calibrate's report photos), "
+              f"{run.get('images')} images of {run.get('users')} users" if run.get("held_apart") else
+              f"[{run.get('split')}], {run.get('images')} images")
+    boot = f", intervals from {run['bootstrap']} user resamples" if run.get("bootstrap") else ""
     return (f"- **{label}**: {m.get('cpu')} ({m.get('arch')}, {m.get('cores')} cores){board}{jetson}; {libs}. "
-            f"Data: {run.get('data_name')} [{run.get('split')}], {run.get('images')} images; batch 1, "
+            f"Data: {run.get('data_name')} {photos}{boot}; batch 1, "
             f"{lat.get('threads')} thread(s), {lat.get('warmup')} warm-up + {lat.get('runs')} timed runs.")
 
 
@@ -184,6 +188,75 @@ def _instruction_table(rows: list[dict[str, Any]], emulated: set[str]) -> list[s
             "Millions of instructions per frame, median over the counted frames. " + PROXY_NOTE]
 
 
+# The accuracies a Pareto front is drawn on, one front each: (task, metric, mark in the "front" column).
+FRONT_METRICS = (("gestures", "mAP50_95", "G"), ("gestures", "mAP50", "G50"), ("hands", "mAP50_95", "H"))
+
+
+def _cost(row: dict[str, Any]) -> float | None:
+    """A row's cost on its device: millions of instructions per frame (emulated), else e2e median ms."""
+    ins = row.get("instructions")
+    return ins["total"] / 1e6 if ins else _latency_ms(row)
+
+
+def _scored(row: dict[str, Any], measured: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row itself where it has accuracy, else the measured device's row of the same files (an emulated
+    Pi runs the same LiteRT kernels, so its accuracy is the host's)."""
+    if row.get("accuracy"):
+        return row
+    shas = [a["sha256"] for a in row.get("artifacts") or []]
+    return next((r for r in measured if [a["sha256"] for a in r.get("artifacts") or []] == shas), row)
+
+
+def _with_interval(acc: dict[str, Any] | None, metric: str) -> str:
+    if not acc or acc.get(metric) is None:
+        return "–"
+    low_high = (acc.get("interval") or {}).get(metric)
+    return f"{acc[metric]:.1f}" + (f" [{low_high[0]:.1f}, {low_high[1]:.1f}]" if low_high else "")
+
+
+def _pareto_table(label: str, report: dict[str, Any]) -> list[str]:
+    """One device's rows: cost, ratio to FP32, accuracy with intervals, agreement, and the fronts each is on."""
+    emulated = emulated_machines(report)
+    measured = [r for r in report["rows"] if r["machine"] not in emulated and not r.get("error")]
+    rows = [r for r in report["rows"] if r["machine"] == label and not r.get("error") and _cost(r) is not None
+            and r.get("kind") != "latency-only"]
+    if not rows:
+        return []
+    scored = [_scored(r, measured) for r in rows]
+    marks: list[list[str]] = [[] for _ in rows]
+    for task, metric, mark in FRONT_METRICS:
+        idx = [i for i, s in enumerate(scored) if accuracy_of(s, task, metric) is not None]
+        for k in pareto_front([(_cost(rows[i]), accuracy_of(scored[i], task, metric)) for i in idx]):
+            marks[idx[k]].append(mark)
+    unit = "M instructions / frame" if label in emulated else "e2e ms p50"
+    ratio_of = ((lambda r: (r.get("instructions_ratio") or {}).get("total")) if label in emulated else
+                (lambda r: (r.get("latency_ratio") or {}).get("end_to_end")))
+    header = ["pipeline", "precision", unit, "× FP32", "gestures mAP50-95", "gestures mAP50", "hands mAP50-95",
+              "hands mAP50", "agreement gestures / hands", "front", "FP32 form"]
+    body = []
+    for r, s, mark in sorted(zip(rows, scored, marks), key=lambda t: _cost(t[0])):  # noqa: B905
+        acc, agree = s.get("accuracy") or {}, s.get("agreement") or {}
+        body.append([r["id"], r.get("precision") or "–", _num(_cost(r), 1 if label in emulated else 2),
+                     _num(ratio_of(r), 2), *(_with_interval(acc.get(t), m) for t in ("gestures", "hands")
+                                             for m in ("mAP50_95", "mAP50")),
+                     " / ".join(_num((agree.get(t) or {}).get("mAP50_95"), 2) for t in ("gestures", "hands"))
+                     if agree else "–", "**" + ", ".join(mark) + "**" if mark else "", r.get("reference") or ""])
+    return ["", f"## Pareto table: {label}", "", *_md_table(header, body)]
+
+
+def render_pareto(report: dict[str, Any]) -> list[str]:
+    """One table per device of the report; the legend once."""
+    tables = [line for label in report["machines"] for line in _pareto_table(label, report)]
+    if not tables:
+        return []
+    marks = ", ".join(f"{mark} = {task} {metric.replace('_', '-')}" for task, metric, mark in FRONT_METRICS)
+    return tables + ["", f"front: the accuracies on which no other row of the device is both cheaper and more "
+                     f"accurate ({marks}). Accuracy [95 % interval over the photos' users] on the measured "
+                     "device's photos; an emulated Pi's rows take the accuracy of the same files measured there. "
+                     "Agreement: mAP50-95 against the FP32 form's own detections. × FP32: e2e median ratio "
+                     "(measured), total instructions ratio (emulated)."]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     emulated = emulated_machines(report)
     rows = [r for r in report["rows"] if r["machine"] not in emulated]
@@ -200,6 +273,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     for task in ("gestures", "classify"):  # the hands task has one class: its AP is the hands mAP column
         lines += _per_class(rows, task, several)
     lines += _instruction_table(report["rows"], emulated)
+    if report.get("pareto"):
+        lines += render_pareto(report)
     gate = report.get("gate")
     if gate:
         lines += ["", "## Gate", "", f"Baseline `{gate['baseline']}`: {gate['checks']} checks, "

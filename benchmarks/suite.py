@@ -3,7 +3,9 @@
 Every row is measured in its own process (``memory.run_isolated``) through the deployed code path
 (``load_pipeline`` / ``open_backend``) and scored by ``hagrid_edge.evaluate``. A row whose artifact
 fails to load or run carries the error instead of figures. INT8 rows are compared with the FP32
-row they were made from, found through the spec's provenance (``source_sha256``) or ``--reference``.
+row they were made from, found through the spec's provenance (``source_sha256``) or ``--reference``
+(a single artifact's or a whole pair's): the drop, latency ratios and, with ``SuiteConfig.agreement``,
+agreement with the FP32 row's own detections.
 """
 
 from __future__ import annotations
@@ -47,6 +49,20 @@ class SuiteConfig:
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     frames: int = 8  # real images cycled through in the end-to-end timing
     timeout_s: float = 900.0
+    held_apart: bool = False  # score on calibrate's report half of val's users instead of the whole split
+    bootstrap: int = 0  # resamples of the photos' users for 95 % intervals of each mAP (0: none)
+    agreement: bool = False  # keep detections so INT8 rows get agreement with their FP32 row
+
+
+def bench_samples(config: SuiteConfig) -> list[Any]:
+    """The photos every row is scored on: the split, or with ``held_apart`` the half of val's users that
+    ``calibrate`` reports on for a model trained here (no calibration, tuning or training choice saw them)."""
+    from hagrid_edge.data.annotations import load_split
+    from hagrid_edge.quantize.photo_sets import photo_sets
+
+    samples = photo_sets(config.data, trained=True)[1].samples if config.held_apart else \
+        load_split(config.data, config.split)
+    return samples[: config.limit or None]
 
 
 def split_pair(arg: str) -> tuple[str, str | None]:
@@ -127,6 +143,7 @@ class _Measured:
     peak_rss: int = 0
     accuracy: dict[str, Any] = field(default_factory=dict)
     backends: list[str] = field(default_factory=list)  # runtime adapters' names, e.g. onnxruntime-cpu
+    detections: dict[str, Any] = field(default_factory=dict)  # with SuiteConfig.agreement: for attach_agreement
 
 
 @dataclass
@@ -179,7 +196,7 @@ def _classifier(path: str, inp: _Inputs) -> _Measured:
 
 
 def _detector(target: Target, inp: _Inputs) -> _Measured:
-    from hagrid_edge.evaluate import EVAL_SCORE_THRESHOLD, evaluate_detector
+    from hagrid_edge.evaluate import EVAL_SCORE_THRESHOLD, run_detector
     from hagrid_edge.pipeline import TwoStage, load_pipeline
     from hagrid_edge.processing import crop_inputs, preprocess
 
@@ -208,18 +225,37 @@ def _detector(target: Target, inp: _Inputs) -> _Measured:
 
     m.end_to_end = time_calls(run, inp.config.latency)
     m.peak_rss = peak_rss_bytes()
-    detector.score_threshold = EVAL_SCORE_THRESHOLD  # score as hagrid-edge eval does
     labels = pipe.classifier.spec.labels if two_stage else detector.spec.labels
-    for task in _detector_tasks(labels, inp.config.tasks):
-        m.accuracy[task] = evaluate_detector(pipe, inp.samples, task, progress=False)
+    tasks = _detector_tasks(labels, inp.config.tasks)
+    if inp.config.agreement:  # at the operating threshold (the spec's): the truth INT8 rows are held to
+        detector.score_threshold = None
+        m.detections["operating"] = run_detector(pipe, inp.samples, progress=False)[0]
+    detector.score_threshold = EVAL_SCORE_THRESHOLD  # score as hagrid-edge eval does
+    dets, sizes = run_detector(pipe, inp.samples, progress=False) if tasks else ([], [])
+    for task in tasks:
+        m.accuracy[task] = _scored(inp, dets, sizes, task)
+    if inp.config.agreement:
+        m.detections.update(evaluation=dets, sizes=sizes)
     return m
+
+
+def _scored(inp: _Inputs, dets: list[Any], sizes: list[tuple[int, int]], task: str) -> dict[str, Any]:
+    """COCO mAP of one task (as ``hagrid-edge eval``), with 95 % user-bootstrap intervals when asked."""
+    from hagrid_edge.bootstrap import bootstrap_map
+    from hagrid_edge.evaluate import score_detections
+
+    result = {"task": task, "images": len(inp.samples), **score_detections(inp.samples, sizes, dets, task)}
+    if inp.config.bootstrap:
+        boot = bootstrap_map(inp.samples, sizes, [dets], task, inp.config.bootstrap)
+        result["interval"] = boot["intervals"][0]
+        result["bootstrap"] = {k: boot[k] for k in ("unit", "groups", "resamples", "confidence")}
+    return result
 
 
 def measure(target: Target, config: SuiteConfig) -> dict[str, Any]:
     """Benchmark one target (runs in the row's own process). Raises on any failure."""
     import cv2
 
-    from hagrid_edge.data.annotations import load_split
     from hagrid_edge.images import read_rgb
     from hagrid_edge.spec import resolve_spec
 
@@ -228,7 +264,7 @@ def measure(target: Target, config: SuiteConfig) -> dict[str, Any]:
         format_of(path)  # an unknown suffix fails before anything is loaded
         if not Path(path).is_file():
             raise HagridEdgeError(f"{path}: no such model file")
-    samples = load_split(config.data, config.split)[: config.limit or None]
+    samples = bench_samples(config)
     frames = [read_rgb(s.image_path) for s in samples[: config.frames]]
     boxes = [s.boxes_xyxy(f.shape[1], f.shape[0])[:1] for s, f in zip(samples, frames)]  # noqa: B905
     inp = _Inputs(samples, frames, boxes, config)
@@ -250,6 +286,7 @@ def measure(target: Target, config: SuiteConfig) -> dict[str, Any]:
                     "threads": config.latency.threads, "batch": 1, "backends": m.backends},
         "memory": {"peak_rss_mb": round(m.peak_rss / MIB, 1),
                    "model_rss_mb": round(max(m.peak_rss - rss_before, 0) / MIB, 1)},
+        **({"detections": m.detections} if m.detections else {}),
     }
 
 
@@ -272,15 +309,18 @@ def _row(target: Target, outcome: tuple[str, Any]) -> dict[str, Any]:
 
 
 def _source_candidates(row: dict[str, Any], artifacts: list[dict[str, Any]],
-                       references: dict[str, str]) -> list[tuple[str, ...]]:
+                       references: dict[tuple[str, ...], list[tuple[str, ...]]]) -> list[tuple[str, ...]]:
     """Component sha256 tuples this row's FP32 reference may have, best first.
 
-    First the FP32 sibling of each component: an FP32 artifact made from the same source by the
-    same tool (a quantizer's FP32 export of the graph it quantized, with identical post-processing);
-    then the recorded source itself (``--reference`` or the spec's ``source_sha256``).
+    First the references given for the whole row (``--reference``, in the order given: a pair's FP32
+    pair on the host, its FP16-weight TFLite pair on an emulated Pi); then the FP32 sibling of each
+    component: an FP32 artifact made from the same source by the same tool (a quantizer's FP32 export
+    of the graph it quantized, with identical post-processing); then the recorded source itself (a
+    single artifact's ``--reference`` or the spec's ``source_sha256``).
     """
     def source(a: dict[str, Any]) -> str:
-        return references.get(a["sha256"]) or a["source_sha256"] or a["sha256"]
+        given = references.get((a["sha256"],))
+        return given[0][0] if given else a["source_sha256"] or a["sha256"]
 
     def sibling(a: dict[str, Any]) -> str:
         if a["precision"] == FP32:
@@ -289,7 +329,8 @@ def _source_candidates(row: dict[str, Any], artifacts: list[dict[str, Any]],
                  and b["source_sha256"] and b["source_sha256"] == source(a)]
         return twins[0] if twins else source(a)
 
-    return list(dict.fromkeys([tuple(sibling(a) for a in row["artifacts"]),
+    own = tuple(a["sha256"] for a in row["artifacts"])
+    return list(dict.fromkeys([*references.get(own, []), tuple(sibling(a) for a in row["artifacts"]),
                                tuple(source(a) for a in row["artifacts"])]))
 
 
@@ -298,11 +339,11 @@ def _ratio(row: dict[str, Any], ref: dict[str, Any], part: str, stat: str) -> fl
     return round(a[stat] / b[stat], 3) if a and b and b[stat] > 0 else None
 
 
-def attach_references(rows: list[dict[str, Any]], references: dict[str, str]) -> None:
+def attach_references(rows: list[dict[str, Any]], references: dict[tuple[str, ...], list[tuple[str, ...]]]) -> None:
     """Give every row made from another benchmarked row (INT8 from FP32) its drop and latency ratios.
 
-    ``references`` maps an artifact's sha256 to its source's sha256 (``--reference``); otherwise
-    the spec's provenance says where the artifact came from. Latency ratios use both the medians
+    ``references`` maps a row's artifact sha256s (one, or a pair's two) to its sources' (``--reference``);
+    otherwise the spec's provenance says where each artifact came from. Latency ratios use both the medians
     and the minima (the minimum is the figure least disturbed by other load on the machine).
     """
     ok = [r for r in rows if not r["error"]]
@@ -328,7 +369,27 @@ def attach_references(rows: list[dict[str, Any]], references: dict[str, str]) ->
         row["latency_ratio"] = {k: v for k, v in ratios.items() if v is not None}
 
 
-def run_suite(targets: list[Target], config: SuiteConfig, references: dict[str, str],
+def attach_agreement(rows: list[dict[str, Any]], samples: list[Any]) -> None:
+    """Rows with a reference get agreement per task: COCO mAP of their detections (at the evaluation threshold)
+    against the reference row's own detections at its operating threshold (``hagrid_edge.agreement``).
+    The rows' detections (``SuiteConfig.agreement``) are dropped afterwards: the report keeps figures only."""
+    from hagrid_edge.agreement import as_samples, detection_agreement
+
+    by_id = {r["id"]: r for r in rows}
+    for row in rows:
+        ref = by_id.get(row.get("reference") or "")
+        if ref is None or "detections" not in row or "detections" not in ref:
+            continue
+        mine, theirs = row["detections"], ref["detections"]
+        truth = as_samples(samples, theirs["operating"], theirs["sizes"], 0.0)
+        row["agreement"] = {task: {m: detection_agreement(truth, mine["evaluation"], mine["sizes"], task)[m]
+                                   for m in TASK_METRICS[task]}
+                            for task in row["accuracy"] if task in ref["accuracy"] and task != "classify"}
+    for row in rows:
+        row.pop("detections", None)
+
+
+def run_suite(targets: list[Target], config: SuiteConfig, references: dict[tuple[str, ...], list[tuple[str, ...]]],
               progress: Any = None) -> list[dict[str, Any]]:
     """Measure every target in its own process, in order; then link INT8 rows to their FP32 rows."""
     rows = []
@@ -341,6 +402,7 @@ def run_suite(targets: list[Target], config: SuiteConfig, references: dict[str, 
             progress(f"bench: {target.id}: " + (f"ERROR {r['error']}" if r["error"] else
                                                 f"{r['latency']['infer']['median_ms']:.2f} ms infer"))
     attach_references(rows, references)
+    attach_agreement(rows, bench_samples(config) if config.agreement else [])
     return rows
 
 

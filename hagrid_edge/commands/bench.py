@@ -39,7 +39,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="score only the first N images")
     p.add_argument("--machine", metavar="LABEL", help="this device's name in (merged) tables (default: host name)")
     p.add_argument("--reference", action="append", default=[], metavar="INT8=FP32",
-                   help="the FP32 artifact an artifact was made from, where its spec's provenance does not say")
+                   help="the FP32 artifact an artifact was made from, where its spec's provenance does not say; "
+                        "a pair's FP32 pair as DET+CLS=FP32_DET+FP32_CLS; repeat it for a second choice (the "
+                        "first one benchmarked on a device is used, e.g. the ONNX pair on the host, its "
+                        "FP16-weight TFLite pair on an emulated Pi)")
+    p.add_argument("--held-apart", action="store_true",
+                   help="score on the photos no choice was made on: the half of val's users that calibrate "
+                        "reports on for a model trained on train (quantize/photo_sets.py), not all of --split")
+    p.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                   help="95%% intervals of every mAP from N resamples of the photos' users (default: 0, none)")
+    p.add_argument("--agreement", action="store_true",
+                   help="INT8 rows: agreement with their FP32 row (mAP of their detections against the FP32 "
+                        "row's own at its operating threshold)")
     p.add_argument("--timeout", type=float, default=900.0, metavar="S", help="limit per row (default: 900)")
     p.add_argument("--gate", action="store_true", help="exit 1 when the report regresses against --baseline")
     p.add_argument("--baseline", default=str(DEFAULT_BASELINE), metavar="FILE",
@@ -51,6 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "latency); one extra device per CPU, whose INT8 instruction ratios --gate judges")
     p.add_argument("--emulate-frames", type=int, default=8, metavar="N",
                    help="real frames counted per artifact on each emulated CPU, after one warm-up frame (default: 8)")
+    p.add_argument("--pareto", action="store_true",
+                   help="add one Pareto table per device to report.md: its cost (ms on a measured device, "
+                        "instructions on an emulated one) against gestures mAP50-95 and mAP50 and hands mAP50-95")
     p.add_argument("--merge", nargs="+", metavar="REPORT_JSON",
                    help="merge report.json files from several devices into one report (no benchmarking)")
     p.set_defaults(func=run)
@@ -63,6 +77,10 @@ def _positive(args: argparse.Namespace) -> None:
             raise HagridEdgeError(f"--{name.replace('_', '-')}: must be at least 1, got {value}")
     if args.warmup < 0 or args.min_time < 0 or args.timeout <= 0:
         raise HagridEdgeError("--warmup and --min-time must be >= 0, --timeout > 0")
+    if args.bootstrap < 0:
+        raise HagridEdgeError(f"--bootstrap {args.bootstrap}: a number of resamples, 0 or more")
+    if args.held_apart and args.split != "val":
+        raise HagridEdgeError(f"--held-apart: its photos are half of val's users; it takes no --split {args.split}")
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -82,29 +100,37 @@ def _check_outputs(args: argparse.Namespace) -> None:
         check_output_path("--write-baseline", args.write_baseline)
 
 
-def _references(pairs: list[str]) -> dict[str, str]:
+def _references(pairs: list[str]) -> dict[tuple[str, ...], list[tuple[str, ...]]]:
+    """--reference A=C or A+B=C+D: the artifacts' sha256s -> their FP32 sources' sha256s, in the order given."""
     from pathlib import Path
 
+    from hagrid_edge.benchmarks.suite import split_pair
     from hagrid_edge.spec import sha256_file
 
-    refs = {}
+    refs: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
     for pair in pairs:
         artifact, sep, source = pair.partition("=")
         if not sep or not artifact or not source:
-            raise HagridEdgeError(f"--reference {pair!r}: expected ARTIFACT=FP32_SOURCE")
-        for path in (artifact, source):
+            raise HagridEdgeError(f"--reference {pair!r}: expected ARTIFACT=FP32_SOURCE or DET+CLS=FP32_DET+FP32_CLS")
+        sides = [[p for p in split_pair(side) if p] for side in (artifact, source)]
+        if len(sides[0]) != len(sides[1]):
+            raise HagridEdgeError(f"--reference {pair!r}: {len(sides[0])} artifact(s) against {len(sides[1])} "
+                                  "source(s); a pair's reference is a pair (DET+CLS=FP32_DET+FP32_CLS)")
+        for path in sides[0] + sides[1]:
             if not Path(path).is_file():
                 raise HagridEdgeError(f"--reference {pair!r}: {path}: no such file")
-        refs[sha256_file(artifact)] = sha256_file(source)
+        key = tuple(sha256_file(p) for p in sides[0])
+        refs.setdefault(key, []).append(tuple(sha256_file(p) for p in sides[1]))
     return refs
 
 
 def _merge(args: argparse.Namespace) -> dict:
     from hagrid_edge.benchmarks import report
 
-    if args.model or args.latency_only or args.gate or args.write_baseline or args.emulate:
+    if (args.model or args.latency_only or args.gate or args.write_baseline or args.emulate or args.held_apart
+            or args.bootstrap or args.agreement):
         raise HagridEdgeError("--merge combines existing reports: it takes no --model, --latency-only, --gate, "
-                              "--write-baseline or --emulate")
+                              "--write-baseline, --emulate, --held-apart, --bootstrap or --agreement")
     return report.merge([(path, report.load_report(path)) for path in args.merge])
 
 
@@ -113,22 +139,23 @@ def _bench(args: argparse.Namespace) -> dict:
 
     from hagrid_edge.benchmarks import machine, report, suite
     from hagrid_edge.benchmarks.latency import LatencyConfig
-    from hagrid_edge.data.annotations import load_split
 
     cpus = _emulated_cpus(args)
     if not args.model and not args.latency_only:
         raise HagridEdgeError("nothing to benchmark: give --model FILE... and/or --latency-only FILE...")
     if not args.data:
         raise HagridEdgeError("--data ROOT is required to benchmark (it is not needed with --merge)")
-    samples = load_split(args.data, args.split)[: args.limit or None]  # a missing root or split fails here
     latency = LatencyConfig(warmup=args.warmup, runs=args.runs, min_time_s=args.min_time, threads=args.threads)
     config = suite.SuiteConfig(args.data, args.split, (args.task,) if args.task else suite.ACCURACY_TASKS,
-                               args.limit, latency, timeout_s=args.timeout)
+                               args.limit, latency, timeout_s=args.timeout, held_apart=args.held_apart,
+                               bootstrap=args.bootstrap, agreement=args.agreement)
+    samples = suite.bench_samples(config)  # a missing root or split fails here
     references = _references(args.reference)
     targets = suite.make_targets(args.model, args.latency_only)
     rows = suite.run_suite(targets, config, references, progress=lambda m: print(m, file=sys.stderr, flush=True))
     run_info = {"data": str(args.data), "data_name": Path(args.data).resolve().name, "split": args.split,
-                "images": len(samples), "tasks": list(config.tasks),
+                "images": len(samples), "tasks": list(config.tasks), "held_apart": args.held_apart,
+                "users": len({s.user_id or s.image_id for s in samples}), "bootstrap": args.bootstrap,
                 "latency": {"warmup": latency.warmup, "runs": latency.runs, "min_time_s": latency.min_time_s,
                             "threads": latency.threads},
                 "command": "hagrid-edge " + shlex.join(sys.argv[1:])}
@@ -159,6 +186,8 @@ def run(args: argparse.Namespace) -> int:
     _check_outputs(args)
     rep = _merge(args) if args.merge else _bench(args)
     failures: list[str] = []
+    if args.pareto:
+        rep["pareto"] = True
     if args.gate:
         baseline = gate.load_baseline(args.baseline)
         checks, failures = gate.check(rep, baseline)
