@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         for cpu in parse_cpus(args.cpus):
             _, _, out = count_on(cpu, [Target(str(path), str(path)) for _, path in rows], config, args.frames, 1)
             counted[cpu.name] = [int((r.get("instructions") or {}).get("infer", 0)) for r in out]
-    result: dict = {"rows": [{"name": n, "path": str(p), "features": f} for (n, p), f in zip(rows, feats, strict=True)],
+    result: dict = {"rows": [{"name": n, "path": str(p), "features": f}
+                             for (n, p), f in zip(rows, feats)],  # noqa: B905 (Python 3.8: one feature row per file)
                     "counted": counted, "coefficients": {}}
     for cpu, counts in counted.items():
         coef = board_cost.COEFFICIENTS.get(cpu)
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             result["coefficients"][cpu] = coef
             print(f"{cpu}: fitted on rows {fit_rows}: {json.dumps({k: float(f'{v:.6g}') for k, v in coef.items()})}")
         worst = 0.0
-        for k, ((name, _), f, n) in enumerate(zip(rows, feats, counts, strict=True)):
+        for k, ((name, _), f, n) in enumerate(zip(rows, feats, counts)):  # noqa: B905 (Python 3.8; equal lengths)
             pred = sum(coef[x] * f[x] for x in board_cost.FEATURES) if coef else float("nan")
             held = not args.fit or k % 2 == 1 or k >= len(rows) - len(args.extra)
             err = _line(cpu, k, "check" if held else "fit  ", n, pred, name)
