@@ -6,6 +6,7 @@ import argparse
 import importlib
 import os
 import sys
+from typing import NoReturn
 
 from hagrid_edge import __version__
 from hagrid_edge.errors import HagridEdgeError, MissingExtra
@@ -28,8 +29,15 @@ PACKAGE_EXTRA = {"torch": "train", "torchvision": "train", "tensorboard": "train
                  "ai_edge_litert": "tflite"}
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (exit 2) like every other error; subcommands inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hagrid-edge", description=__doc__)
+    parser = Parser(prog="hagrid-edge", description=__doc__)
     parser.add_argument("--version", action="version", version=f"hagrid-edge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module, _ in COMMANDS:
@@ -48,6 +56,13 @@ def missing_package(command: str, e: ModuleNotFoundError) -> HagridEdgeError:
     return HagridEdgeError(f"{package} is not installed: it belongs to the core install (pip install hagrid-edge)")
 
 
+def os_error_line(e: OSError) -> str:
+    """``path: reason`` for an operating-system error (both paths of a failed rename or link)."""
+    reason = e.strerror or str(e) or type(e).__name__
+    paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -64,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into e.g. `head`, which closed early: not a success
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot raise again
         return 141  # 128 + SIGPIPE, as a shell reports a command killed by a closed pipe
+    except OSError as e:  # a path that is a folder, not writable, on a full disk, ...: one line naming it
+        print(f"hagrid-edge {args.command}: error: {os_error_line(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"hagrid-edge {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -106,9 +106,12 @@ def test_yolo(mini_root: Path, tmp_path: Path) -> None:
     assert image.is_symlink() and image.resolve() == s.image_path.resolve()
     data = (out / "data.yaml").read_text()
     assert "subsample: images/subsample" in data and "val: images/val" in data and "  18: no_gesture" in data
-    # Converting again (hands) replaces the split whole and leaves no temporary folders.
+    # Converting again (hands) replaces the splits whole and leaves no temporary folders; one split
+    # alone cannot change the mode (data.yaml has one class list for every split it names).
     assert main(["data", "convert", str(mini_root), "--to", "yolo", "--mode", "hands", "--out", str(out),
-                 "--split", "val"]) == 0
+                 "--split", "val"]) == 1
+    assert main(["data", "convert", str(mini_root), "--to", "yolo", "--mode", "hands", "--out", str(out),
+                 "--split", "val", "--split", "subsample"]) == 0
     assert (out / "labels" / "val" / s.gesture / f"{s.image_id}.txt").read_text().startswith("0 ")
     assert "  0: hand\n" in (out / "data.yaml").read_text()
     assert not [p for p in out.rglob(".*")]

@@ -13,6 +13,9 @@ current frame came for ``STALE_S`` either, or a read returns nothing (its timeou
 the source is lost: a ``source_lost`` event, then reconnection; the first frame after it, ``source_back``.
 Reconnections count once each, however many attempts they took; the time in between is outage.
 
+Any other exception (a source failing in a way it does not report, during a reconnection too) stops
+capture with ``failed`` set: the run then ends with an error, not as the end of the source.
+
 Once started, the capture thread owns the source: only it closes it, after its last ``read()``
 returned, so a stop never closes a device under a read in progress.
 """
@@ -151,12 +154,13 @@ class Capture:
     """Reads ``source`` on a thread; ``get()`` hands frames over per the source's policy."""
 
     def __init__(self, source: FrameSource, queue_size: int = 4, backoff: tuple[float, float] = (0.5, 10.0),
-                 stop_timeout: float = 5.0, stale_s: float = STALE_S) -> None:
+                 stop_timeout: float = 1.5, stale_s: float = STALE_S) -> None:
         self.source = source
         self.buffer = FrameBuffer(1 if source.live else queue_size, drop_oldest=source.live)
         self.backoff, self.stop_timeout, self.stale_s = backoff, stop_timeout, stale_s
         self.stats = CaptureStats()
-        self.error: str | None = None  # why a file source stopped early, if it did
+        self.error: str | None = None  # why the source stopped early, if it did
+        self.failed = False  # ... by an error, not by its end: the run ends with an error too
         self.clock = StreamClock()
         self._events: list[SourceEvent] = []
         self._events_lock = threading.Lock()
@@ -182,12 +186,15 @@ class Capture:
             return
         self._stop.set()
         self.buffer.close()
+        interrupt = getattr(self.source, "interrupt", None)
+        if interrupt is not None:  # a source that may block indefinitely (stdin) gives up its read
+            interrupt()
         if not self._started:
             self.source.close()
             return
         self._thread.join(self.stop_timeout)
         if self._thread.is_alive():
-            log.warning("%s: still inside a read after %.0f s; it is closed when that read returns",
+            log.warning("%s: still inside a read after %.1f s; it is closed when that read returns",
                         self.source.uri, self.stop_timeout)
 
     @property
@@ -211,48 +218,56 @@ class Capture:
 
     def _run(self) -> None:
         try:
-            while not self._stop.is_set():
-                t0 = time.perf_counter()
-                try:
-                    image = self.source.read()
-                except CorruptFrame as e:
-                    self.stats.corrupt += 1
-                    log.warning("skipped a corrupt frame: %s", e)
-                    continue
-                except Exception as e:  # a driver or decoder failure mid-stream
-                    if not self.source.live:
-                        self.error = f"{self.source.uri}: read failed ({e})"
-                        break
-                    self.stats.read_errors += 1
-                    log.warning("%s: read failed (%s: %s); reopening it", self.source.uri, type(e).__name__, e)
-                    if not self._lost("read failed") or not self._reconnect():
-                        break
-                    continue
-                if image is None:
-                    if not self.source.live or not self._lost("no frame") or not self._reconnect():
-                        break
-                    continue
-                now = time.monotonic()
-                age = self.clock.age(self.source.timestamp_s, now) if self.source.live else 0.0
-                if age > self.stale_s:  # refused; a lost source if nothing current came for as long
-                    self.stats.stale += 1
-                    if now - self._current_at <= self.stale_s:
-                        continue
-                    log.warning("%s: a frame %.1f s late and none current for %.1f s: the stream stalled",
-                                self.source.uri, age, now - self._current_at)
-                    if not self._lost(f"frame {age:.1f} s late") or not self._reconnect():
-                        break
-                    continue
-                if self._lost_since is not None:
-                    self._back(now)
-                self._last_frame_at = self._current_at = now
-                frame = Frame(self.stats.read, image, time.time(), time.perf_counter() - t0, age)
-                self.stats.read += 1
-                if not self.buffer.put(frame):
-                    break
+            self._read_loop()
+        except Exception as e:  # a source failing in a way it does not report as lost or corrupt
+            self.error = f"{self.source.uri}: {type(e).__name__}: {e}"
+            self.failed = True
+            log.error("%s: capture stopped by an unexpected error (%s: %s)", self.source.uri, type(e).__name__, e)
         finally:
             self.source.close()
             self.buffer.close()
+
+    def _read_loop(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                image = self.source.read()
+            except CorruptFrame as e:
+                self.stats.corrupt += 1
+                log.warning("skipped a corrupt frame: %s", e)
+                continue
+            except Exception as e:  # a driver or decoder failure mid-stream
+                if not self.source.live:
+                    self.error = f"{self.source.uri}: read failed ({type(e).__name__}: {e})"
+                    self.failed = True
+                    break
+                self.stats.read_errors += 1
+                log.warning("%s: read failed (%s: %s); reopening it", self.source.uri, type(e).__name__, e)
+                if not self._lost("read failed") or not self._reconnect():
+                    break
+                continue
+            if image is None:
+                if not self.source.live or not self._lost("no frame") or not self._reconnect():
+                    break
+                continue
+            now = time.monotonic()
+            age = self.clock.age(self.source.timestamp_s, now) if self.source.live else 0.0
+            if age > self.stale_s:  # refused; a lost source if nothing current came for as long
+                self.stats.stale += 1
+                if now - self._current_at <= self.stale_s:
+                    continue
+                log.warning("%s: a frame %.1f s late and none current for %.1f s: the stream stalled",
+                            self.source.uri, age, now - self._current_at)
+                if not self._lost(f"frame {age:.1f} s late") or not self._reconnect():
+                    break
+                continue
+            if self._lost_since is not None:
+                self._back(now)
+            self._last_frame_at = self._current_at = now
+            frame = Frame(self.stats.read, image, time.time(), time.perf_counter() - t0, age)
+            self.stats.read += 1
+            if not self.buffer.put(frame):
+                break
 
     def _lost(self, reason: str) -> bool:
         """Record a lost live source (outage from its last current frame); False if a stop came first."""

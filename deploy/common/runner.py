@@ -4,8 +4,11 @@ Threads: capture (``capture.py``: newest frame for live sources, a bounded queue
 main thread (the models, the tracker, events, hooks, the window) -> render thread (``render.py``:
 draw, write the video). The loop stops at the end of a file, when ``stop`` is set (SIGINT/SIGTERM,
 the window's ``q``), or after ``max_frames``; it then ends the open gestures, drains the render
-queue and closes every output. A live source that is lost ends the open gestures at once, with a
-``source_lost`` event before their ends. Statistics live in the ``Summary`` it returns; with
+queue and closes every output: the video is renamed into place, then hooks get ``SHUTDOWN_GRACE_S``
+(1 s) before their process groups are killed. Events reach their file as they happen, so nothing
+reported is lost however the run ends; a run that fails (a model error, a full disk, a source that
+fails) raises after closing its outputs, keeping the events and the video so far. A live source
+that is lost ends the open gestures at once, with a ``source_lost`` event before their ends. Statistics live in the ``Summary`` it returns; with
 ``status_every`` a one-line JSON status (counts, queue lengths, memory) is logged that often.
 """
 
@@ -14,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,14 +27,13 @@ import numpy as np
 from hagrid_edge.deploy.common.capture import Capture, Frame, SourceEvent
 from hagrid_edge.deploy.common.debounce import DebounceConfig, GestureEvent
 from hagrid_edge.deploy.common.gestures import Gestures
-from hagrid_edge.deploy.common.hooks import Hooks
+from hagrid_edge.deploy.common.hooks import HOOK_TIMEOUT_S, MAX_RUNNING, Hooks
 from hagrid_edge.deploy.common.outputs import EventsOutput, VideoOutput, check_video_path
 from hagrid_edge.deploy.common.render import Renderer, RenderItem, Window
 from hagrid_edge.deploy.common.sources import FrameSource
 from hagrid_edge.deploy.common.summary import Summary
-from hagrid_edge.errors import HagridEdgeError
+from hagrid_edge.errors import HagridEdgeError, first_line
 from hagrid_edge.landmarks import HandLandmarks, Landmarker
-from hagrid_edge.paths import atomic_path
 from hagrid_edge.pipeline import StageTimes
 from hagrid_edge.processing import Detections
 
@@ -60,6 +61,8 @@ class RunOptions:
     max_frames: int | None = None
     queue_size: int = 4
     status_every: float | None = None  # seconds between status lines in the log
+    hook_timeout: float = HOOK_TIMEOUT_S  # seconds each hook call may run
+    max_hooks: int = MAX_RUNNING  # hook calls running at once
 
 
 class Models:
@@ -81,26 +84,23 @@ class Models:
 class Outputs:
     """Everything a run writes: events (file or stdout), hooks, the annotated video and the window.
 
-    Files are written under temporary names that ``stack`` renames into place when the run ends
-    well (and discards when it fails).
+    Events reach their file as they happen; the video is renamed into place when ``stack`` closes,
+    whether the run ended well or not (``VideoOutput``); hooks are closed last, within their bound.
     """
 
     def __init__(self, stack: contextlib.ExitStack, opts: RunOptions, source_fps: float | None,
                  stop: threading.Event, summary: Summary) -> None:
         self.summary = summary
+        self.hooks = Hooks(opts.hooks, opts.hook_timeout, opts.max_hooks)  # checked before any file is made
+        stack.callback(self.hooks.close)  # last to close: the files are in place before hooks are waited for
         self.video = None
         if opts.output:
-            tmp = stack.enter_context(atomic_path(opts.output))
-            self.video = VideoOutput(opts.output, tmp, opts.output_fps or source_fps or 30.0)
+            self.video = VideoOutput(opts.output, opts.output_fps or source_fps or 30.0)
             stack.callback(self.video.close)
         self.events = None
-        if opts.events == "-":
-            self.events = EventsOutput(sys.stdout)
-        elif opts.events:
-            tmp = stack.enter_context(atomic_path(opts.events))
-            self.events = EventsOutput(stack.enter_context(open(tmp, "w", encoding="utf-8")))
-        self.hooks = Hooks(opts.hooks)
-        stack.callback(self.hooks.close)
+        if opts.events:
+            self.events = EventsOutput(opts.events)
+            stack.callback(self.events.close)
         self.window = Window(stop) if opts.show else None
         if self.window is not None:
             stack.callback(self.window.close)
@@ -165,49 +165,61 @@ def next_frame(capture: Capture, stop: threading.Event, watch: Watch) -> Frame |
 
 
 def run_loop(pipeline: Pipeline, source: FrameSource, opts: RunOptions, stop: threading.Event,
-             stop_reason: list[str] | None = None, landmarker: Landmarker | None = None) -> Summary:
+             stop_reason: list[str] | None = None, landmarker: Landmarker | None = None,
+             summary: Summary | None = None) -> Summary:
     """Run the models on every frame ``source`` hands over until it ends or ``stop`` is set.
 
     ``source`` must be open; it is closed on return. ``stop_reason`` (e.g. ``["SIGINT"]``), filled by
-    whoever sets ``stop``, goes into the summary.
+    whoever sets ``stop``, goes into the summary. A run that fails raises after closing its outputs
+    (the events and video so far are kept); ``summary``, if given, then says so in ``stopped_by``.
     """
     if opts.output:
         check_video_path(opts.output)
-    summary, models = Summary(source.uri), Models(pipeline, landmarker)
+    summary = summary if summary is not None else Summary(source.uri)
+    models = Models(pipeline, landmarker)
     gestures = Gestures(opts.debounce, opts.track_iou, opts.track_max_age)
     capture = Capture(source, opts.queue_size)
-    with contextlib.ExitStack() as stack:
-        stack.callback(capture.stop)  # closes the source, also if an output fails to open
-        outputs = Outputs(stack, opts, source.fps, stop, summary)
-        watch = Watch(capture, gestures, outputs, summary, opts.status_every)
-        capture.start()
-        last_index = -1
-        while True:
-            frame = next_frame(capture, stop, watch)  # capture: newest (live) or next (file) frame
-            if frame is None:
-                break
-            dets, hands = models(frame.image, summary)  # infer: detect, classify, landmarks
-            with summary.timed("track"):  # track/debounce: hand ids, gesture start/end events
-                extras = [hands.hand(i) for i in range(len(hands))] if hands is not None else None
-                ids, events = gestures.update(dets, frame.index, frame.time, extras)
-            outputs.emit(events)  # emit: events file, hooks
-            outputs.render(frame, dets, ids, hands)  # render: video and window (render thread)
-            summary.frame_done(frame.time, frame.capture_s)  # stats: frame count, latency, FPS
-            last_index = frame.index
-            if opts.max_frames and summary.frames >= opts.max_frames:
-                summary.stopped_by = f"--max-frames {opts.max_frames}"
-                break
-        finish_run(capture, watch, summary, stop, stop_reason, last_index)
-    # Leaving the block drained the render queue and closed (renamed into place) every output.
-    summary.finish()
-    summary.video_frames = outputs.video.frames if outputs.video is not None else 0
-    summary.hooks_skipped = outputs.hooks.skipped
+    outputs: Outputs | None = None
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.callback(capture.stop)  # closes the source, also if an output fails to open
+            outputs = Outputs(stack, opts, source.fps, stop, summary)
+            watch = Watch(capture, gestures, outputs, summary, opts.status_every)
+            capture.start()
+            last_index = -1
+            while True:
+                frame = next_frame(capture, stop, watch)  # capture: newest (live) or next (file) frame
+                if frame is None:
+                    break
+                dets, hands = models(frame.image, summary)  # infer: detect, classify, landmarks
+                with summary.timed("track"):  # track/debounce: hand ids, gesture start/end events
+                    extras = [hands.hand(i) for i in range(len(hands))] if hands is not None else None
+                    ids, events = gestures.update(dets, frame.index, frame.time, extras)
+                outputs.emit(events)  # emit: events file, hooks
+                outputs.render(frame, dets, ids, hands)  # render: video and window (render thread)
+                summary.frame_done(frame.time, frame.capture_s)  # stats: frame count, latency, FPS
+                last_index = frame.index
+                if opts.max_frames and summary.frames >= opts.max_frames:
+                    summary.stopped_by = f"--max-frames {opts.max_frames}"
+                    break
+            finish_run(capture, watch, summary, stop, stop_reason, last_index)
+        # Leaving the block drained the render queue and closed every output (the video renamed into place).
+    except BaseException as e:
+        summary.stopped_by = "KeyboardInterrupt" if isinstance(e, KeyboardInterrupt) else f"error: {first_line(e)}"
+        raise
+    finally:
+        summary.finish()
+        if outputs is not None:
+            video = outputs.video
+            summary.video_frames = video.frames if video is not None and not video.failed else 0
+            summary.hooks = outputs.hooks.stats
     return summary
 
 
 def finish_run(capture: Capture, watch: Watch, summary: Summary, stop: threading.Event,
                stop_reason: list[str] | None, last_index: int) -> None:
     """Stop capture, record why the run ended and the capture figures, end the open gestures."""
+    watch.outputs.hooks.begin_end()  # the hooks' grace runs while capture stops and the outputs close
     if stop.is_set():
         summary.stopped_by = stop_reason[0] if stop_reason else "stop request"
     capture.stop()
@@ -216,9 +228,12 @@ def finish_run(capture: Capture, watch: Watch, summary: Summary, stop: threading
     summary.corrupt, summary.read_errors, summary.stale = stats.corrupt, stats.read_errors, stats.stale
     summary.reconnects, summary.reconnect_attempts = stats.reconnects, stats.reconnect_attempts
     summary.outage_s, summary.dropped = capture.outage_s(), capture.dropped
-    if summary.frames == 0 and not stop.is_set():  # raised inside the block: no empty outputs are kept
+    if summary.frames == 0 and not stop.is_set():  # raised inside the block: no empty video is made
         raise HagridEdgeError(f"--source {capture.source.uri}: no frame could be decoded "
                               f"({stats.corrupt} corrupt){f'; {capture.error}' if capture.error else ''}")
+    watch.outputs.emit(watch.gestures.finish(last_index, time.time()))
+    if capture.failed:  # raised inside the block: the outputs so far are closed and kept
+        raise HagridEdgeError(f"--source {capture.source.uri}: stopped after {summary.frames} frames: "
+                              f"{capture.error} (the events and video so far are kept)")
     if capture.error:
         log.warning("%s", capture.error)
-    watch.outputs.emit(watch.gestures.finish(last_index, time.time()))

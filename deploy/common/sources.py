@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import select
 import sys
 import threading
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from typing import BinaryIO, Protocol
 import cv2
 import numpy as np
 
-from hagrid_edge.errors import DataError, HagridEdgeError
+from hagrid_edge.errors import DataError, HagridEdgeError, first_line
 from hagrid_edge.images import read_rgb
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -190,56 +191,217 @@ class ImageFolderSource:
 
 
 def _decode(data: bytes, name: str) -> np.ndarray:
-    frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    try:
+        frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
+    except cv2.error as e:  # e.g. over OpenCV's pixel limit
+        raise CorruptFrame(f"{name}: cannot decode image ({first_line(e)})") from None
     if frame is None:
         raise CorruptFrame(f"{name}: cannot decode image")
     return _bgr_to_rgb(frame)
 
 
+MAX_STDIN_IMAGE_BYTES = 64 << 20  # an image not ended within this many bytes is skipped as corrupt
+_SOI, _PNG_SIGNATURE = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
+# JPEG markers without a length field: TEM, RST0-7, SOI, EOI.
+_STANDALONE = frozenset((0x01, *range(0xD0, 0xD8), 0xD8, 0xD9))
+
+
+class _NeedMore(Exception):
+    """The buffer ends before the structure being parsed does."""
+
+
 class StdinSource:
-    """Concatenated JPEG or PNG images on a byte stream (``ffmpeg ... -f image2pipe -``)."""
+    """Concatenated JPEG or PNG images on a byte stream (``ffmpeg ... -f image2pipe -``, camera photos).
+
+    Images are split by their structure, not by searching for an end marker: a JPEG by its segments
+    (an EXIF thumbnail inside APP1 is skipped over, not taken for the end) up to the EOI after its
+    scans, a PNG by its chunks up to IEND. Bytes that start no image are skipped (one corrupt frame
+    per run of them) and an image that has not ended within ``MAX_STDIN_IMAGE_BYTES`` is dropped, so
+    memory stays bounded and every byte is parsed once. stdin is read with ``os.read`` and ``select``:
+    a stop request (``interrupt``) ends a read that waits for input.
+    """
 
     live = False
     fps = None
     timestamp_s = None
-    _JPEG_END, _PNG_END = b"\xff\xd9", b"IEND\xaeB`\x82"
 
-    def __init__(self, uri: str, stream: BinaryIO | None = None) -> None:
+    def __init__(self, uri: str, stream: BinaryIO | None = None, max_bytes: int = MAX_STDIN_IMAGE_BYTES) -> None:
         self.uri = uri
         self.stream = stream if stream is not None else sys.stdin.buffer
-        self._buf = b""
+        self.max_bytes = max_bytes
+        try:
+            self._fd: int | None = self.stream.fileno()
+        except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation: an in-memory stream
+            self._fd = None
+        self._buf = bytearray()
+        self._pos = 0  # where parsing of the image at the buffer's start resumes
+        self._in_scan = False  # JPEG: inside entropy-coded data
+        self._skipping = False  # inside a run of bytes that start no image (reported once)
         self._count = 0
+        self._interrupted = threading.Event()
+        self._eof = False
 
     def open(self) -> None:
         pass
 
+    def interrupt(self) -> None:
+        """Make a read waiting for input return ``None`` (the end) within a fraction of a second."""
+        self._interrupted.set()
+
     def read(self) -> np.ndarray | None:
         while True:
-            end = self._frame_end()
-            if end is not None:
-                data, self._buf = self._buf[:end], self._buf[end:]
-                self._count += 1
-                return _decode(data, f"stdin image {self._count}")
-            chunk = self.stream.read1(1 << 16) if hasattr(self.stream, "read1") else self.stream.read(1 << 16)
-            if not chunk:
-                if self._buf.strip():
-                    self._buf, self._count = b"", self._count + 1
+            self._skip_garbage()
+            if self._buf:
+                end = self._image_end()
+                if end is not None:
+                    data = bytes(self._buf[:end])
+                    del self._buf[:end]
+                    self._pos, self._in_scan = 0, False
+                    self._count += 1
+                    return _decode(data, f"stdin image {self._count}")
+                if len(self._buf) > self.max_bytes:
+                    self._drop_oversized()
+            if self._eof or not self._fill():
+                self._eof = True
+                if bytes(self._buf).strip():
+                    self._buf, self._pos, self._in_scan = bytearray(), 0, False
+                    self._count += 1
                     raise CorruptFrame(f"stdin image {self._count}: incomplete at the end of the stream")
                 return None
-            self._buf += chunk
 
-    def _frame_end(self) -> int | None:
-        """End offset of the first complete image in the buffer (JPEG: EOI marker; PNG: IEND chunk)."""
-        if self._buf.startswith(b"\x89PNG"):
-            i = self._buf.find(self._PNG_END)
-            return None if i < 0 else i + len(self._PNG_END)
-        i = self._buf.find(self._JPEG_END, 2)
-        if i < 0:
+    def _fill(self) -> bool:
+        """Append what the stream has; False at its end (or after ``interrupt``)."""
+        if self._fd is not None:
+            while not self._interrupted.is_set():
+                try:
+                    ready, _, _ = select.select([self._fd], [], [], 0.2)
+                except (OSError, ValueError):  # not selectable: read and block
+                    ready = [self._fd]
+                if ready:
+                    break
+            else:
+                return False
+            try:
+                chunk = os.read(self._fd, 1 << 16)
+            except InterruptedError:
+                return True
+        else:
+            chunk = self.stream.read1(1 << 16) if hasattr(self.stream, "read1") else self.stream.read(1 << 16)
+        if not chunk:
+            return False
+        self._buf += chunk
+        return True
+
+    def _skip_garbage(self) -> None:
+        """Drop bytes before the next image start; the first drop of a run of them is a corrupt frame
+        (whitespace, e.g. a trailing newline, is dropped silently)."""
+        buf = self._buf
+        if not buf:
+            return
+        if buf.startswith(_SOI[: len(buf)]) or buf.startswith(_PNG_SIGNATURE[: len(buf)]):
+            self._skipping = False
+            return
+        starts = [i for i in (buf.find(_SOI, 1), buf.find(_PNG_SIGNATURE, 1)) if i >= 0]
+        cut = min(starts) if starts else max(len(buf) - len(_PNG_SIGNATURE), 1)
+        blank = bytes(buf[:cut]).strip() == b""
+        if blank and not starts and not self._eof and len(buf) < len(_PNG_SIGNATURE):
+            return  # maybe the start of a signature after whitespace: wait for more
+        del buf[:cut]
+        self._pos, self._in_scan = 0, False
+        if not blank and not self._skipping:
+            self._skipping = True
+            self._count += 1
+            raise CorruptFrame(f"stdin image {self._count}: bytes that start no JPEG or PNG image, skipped")
+
+    def _drop_oversized(self) -> None:
+        """The image at the buffer's start has not ended within ``max_bytes``: skip to the next start."""
+        nxt = [i for i in (self._buf.find(_SOI, 2), self._buf.find(_PNG_SIGNATURE, 2)) if i >= 0]
+        del self._buf[:min(nxt) if nxt else len(self._buf)]
+        self._pos, self._in_scan = 0, False
+        self._count += 1
+        self._skipping = not nxt
+        raise CorruptFrame(f"stdin image {self._count}: no end within {self.max_bytes >> 20} MiB, skipped")
+
+    def _image_end(self) -> int | None:
+        """End offset of the image at the buffer's start, or None if more bytes are needed."""
+        try:
+            if self._buf.startswith(_PNG_SIGNATURE):
+                return self._png_end()
+            if self._buf.startswith(_SOI):
+                return self._jpeg_end()
+        except _NeedMore:
             return None
-        nxt = self._buf.find(b"\xff\xd8", 2)
-        if 0 <= nxt < i:  # garbage before the next SOI: hand it over as one (corrupt) frame
-            return nxt
-        return i + 2
+        return None  # a partial signature: wait for more
+
+    def _png_end(self) -> int:
+        buf = self._buf
+        pos = self._pos or len(_PNG_SIGNATURE)
+        while True:
+            if len(buf) < pos + 8:
+                self._pos = pos
+                raise _NeedMore
+            length = int.from_bytes(buf[pos:pos + 4], "big")
+            kind = bytes(buf[pos + 4:pos + 8])
+            if length > self.max_bytes:  # not a chunk: hand it over as a corrupt image up to here
+                return pos + 8
+            end = pos + 12 + length
+            if kind == b"IEND":
+                if len(buf) < end:
+                    self._pos = pos
+                    raise _NeedMore
+                return end
+            pos = end
+
+    def _jpeg_end(self) -> int:
+        buf = self._buf
+        pos = self._pos or 2
+        while True:
+            if self._in_scan:  # entropy-coded data, or a broken structure: look for the next marker
+                while True:
+                    i = buf.find(b"\xff", pos)
+                    if i < 0 or i + 1 >= len(buf):
+                        self._pos = len(buf) if i < 0 else i
+                        raise _NeedMore
+                    nxt = buf[i + 1]
+                    if nxt == 0x00 or 0xD0 <= nxt <= 0xD7:  # stuffed 0xFF, restart markers: scan data
+                        pos = i + 2
+                    elif nxt == 0xFF:  # fill byte
+                        pos = i + 1
+                    else:
+                        pos, self._in_scan = i, False
+                        break
+            if len(buf) < pos + 2:
+                self._pos = pos
+                raise _NeedMore
+            if buf[pos] != 0xFF:  # not a marker where one must be: a damaged image, ended by the next marker
+                self._in_scan = True
+                continue
+            marker = buf[pos + 1]
+            if marker == 0xFF:  # fill byte
+                pos += 1
+                continue
+            if marker == 0xD9:
+                return pos + 2
+            if marker == 0xD8:  # a new image before this one ended: this one is cut short
+                return pos
+            if marker in _STANDALONE:
+                pos += 2
+                continue
+            if len(buf) < pos + 4:
+                self._pos = pos
+                raise _NeedMore
+            length = int.from_bytes(buf[pos + 2:pos + 4], "big")
+            if length < 2:  # not a segment: a damaged image, ended by the next marker
+                pos, self._in_scan = pos + 2, True
+                continue
+            seg_end = pos + 2 + length
+            if marker == 0xDA:  # start of scan: its header, then entropy-coded data
+                if len(buf) < seg_end:
+                    self._pos = pos
+                    raise _NeedMore
+                pos, self._in_scan = seg_end, True
+                continue
+            pos = seg_end  # APPn (EXIF and its thumbnail included), DQT, DHT, SOFn, COM, ...: skipped whole
 
     def close(self) -> None:
         pass

@@ -17,6 +17,7 @@ import numpy as np
 
 from hagrid_edge.deploy.common.capture import SourceEvent
 from hagrid_edge.deploy.common.debounce import GestureEvent
+from hagrid_edge.deploy.common.hooks import HookStats
 from hagrid_edge.pipeline import StageTimes
 
 PERCENTILES = (50, 90, 99)
@@ -53,7 +54,7 @@ class Summary:
         self.source_lost = self.stale = 0
         self.outage_s = 0.0  # live source lost: excluded from the frame rate
         self.video_frames = 0
-        self.hooks_skipped = 0  # gesture starts whose hooks were skipped (hooks too slow)
+        self.hooks = HookStats()  # hook calls started, skipped, timed out, killed, failed
         self.events = 0
         self.starts: collections.Counter[str] = collections.Counter()
         self.stages = {s: StageStats() for s in STAGES}
@@ -121,7 +122,9 @@ class Summary:
                 "dropped_frames": self.dropped, "source_lost": self.source_lost, "stale_frames": self.stale,
                 "reconnects": self.reconnects, "reconnect_attempts": self.reconnect_attempts,
                 "outage_s": round(self.outage_s, 3), "read_errors": self.read_errors, "events": self.events,
-                "video_frames": self.video_frames, "hooks_skipped": self.hooks_skipped,
+                "video_frames": self.video_frames, "hooks_started": self.hooks.started,
+                "hooks_skipped": self.hooks.skipped, "hooks_timed_out": self.hooks.timed_out,
+                "hooks_killed_at_end": self.hooks.killed_at_end, "hooks_failed": self.hooks.failed,
                 "stage_ms": {k: {m: round(v, 3) for m, v in d.items()} for k, d in self.percentiles_ms().items()}}
 
     def format(self) -> str:
@@ -134,6 +137,10 @@ class Summary:
                  f"({self.reconnect_attempts} attempts), outage {self.outage_s:.1f} s",
                  f"  gesture events {self.events}: "
                  + (", ".join(f"{g} x{n}" for g, n in self.starts.most_common()) or "none")]
+        h = self.hooks
+        if h.started or h.skipped:
+            lines.append(f"  hooks started {h.started}, skipped {h.skipped}, timed out {h.timed_out}, killed at the "
+                         f"end {h.killed_at_end}, failed {h.failed}")
         table = self.percentiles_ms()
         if table:
             heads = ("p50", "p90", "p99", "mean")

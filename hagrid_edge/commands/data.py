@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from hagrid_edge.flags import non_negative_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="check, summarise, convert or download HaGRID data",
@@ -55,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--base-url", help="mirror replacing the release's base URL (or $HAGRID_EDGE_BASE_URL)")
     d.add_argument("--checksums", help="sha256sum-style file ('<hex>  <archive name>') to verify against")
     d.add_argument("--no-extract", action="store_true", help="keep the .zip archives, do not unpack")
-    d.add_argument("--retries", type=int, default=3, help="resume attempts per archive (default 3)")
+    d.add_argument("--retries", type=non_negative_int, default=3, help="resume attempts per archive, >= 0 (default 3)")
     d.set_defaults(func=run_download)
 
 

@@ -6,6 +6,8 @@ import argparse
 import json
 from collections.abc import Sequence
 
+from hagrid_edge.flags import positive_int
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="COCO mAP / F1 of a model on a HaGRID split",
@@ -20,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", choices=("gestures", "hands"), default="gestures",
                    help="gestures: one class per gesture; hands: every box is 'hand'")
     p.add_argument("--targets", nargs="+", metavar="GESTURE", help="only these gesture files")
-    p.add_argument("--limit", type=int, help="score only the first N images")
+    p.add_argument("--limit", type=positive_int, help="score only the first N images, N >= 1")
     p.add_argument("--spec", help="spec file for a model with none embedded or beside it")
     p.add_argument("--classifier-spec", help="spec file for the classifier")
     p.add_argument("--reference", metavar="FILE",
@@ -32,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bootstrap", type=int, default=0, metavar="N",
                    help="95%% intervals from N resamples of the split's users (images where it has no "
                         "user ids); with --compare, the interval of the difference on the same draws")
-    p.add_argument("--threads", type=int, help="runtime threads")
+    p.add_argument("--threads", type=positive_int, help="runtime threads, >= 1")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=run)
 
@@ -102,6 +104,7 @@ def _score_detectors(args: argparse.Namespace, samples: Sequence) -> dict:
     for model, classifier, spec, classifier_spec in pipelines:
         pipe = load_pipeline(model, classifier, spec, classifier_spec, args.threads,
                              score_threshold=EVAL_SCORE_THRESHOLD)
+        _check_task(args.task, model, classifier, pipe)
         row, dets, sizes = detect_and_score(pipe, samples, args.task, progress=not args.json)
         rows.append(row)
         runs.append(dets)
@@ -111,6 +114,18 @@ def _score_detectors(args: argparse.Namespace, samples: Sequence) -> dict:
     if args.bootstrap:
         result["bootstrap"] = bootstrap_map(samples, sizes, runs, args.task, args.bootstrap)
     return result
+
+
+def _check_task(task: str, model: str, classifier: str | None, pipe: object) -> None:
+    """--task gestures needs a pipeline that names gestures: a hands-only detector would score 0."""
+    from hagrid_edge.errors import HagridEdgeError
+    from hagrid_edge.labels import GESTURES
+    from hagrid_edge.pipeline import TwoStage
+
+    labels = pipe.classifier.spec.labels if isinstance(pipe, TwoStage) else pipe.spec.labels  # type: ignore[attr-defined]
+    if task == "gestures" and not set(labels) & set(GESTURES):
+        raise HagridEdgeError(f"--task gestures: {classifier or model} names no gesture (its classes: "
+                              f"{', '.join(labels[:4])}); score hands with --task hands, or add a --classifier")
 
 
 def _print_per_class(result: dict) -> None:

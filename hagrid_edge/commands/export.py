@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from hagrid_edge.flags import ranged
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a checkpoint to FP32 ONNX (raw head outputs + spec)",
@@ -21,15 +23,34 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "the graph into the spec (what calibrate does first), checked against the original")
     p.add_argument("--spec", help="with --cut: spec file for a model with none embedded or beside it")
     p.add_argument("--out", required=True, help="output .onnx file")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 13 for per-channel INT8 QDQ)")
+    p.add_argument("--opset", type=ranged(int, 13), default=17,
+                   help="ONNX opset, >= 13 (per-channel INT8 QDQ needs 13; default 17)")
     p.add_argument("--data", help="HaGRID root whose images check the export (default: the shipped sample)")
     p.add_argument("--split", default="val", help="split of --data used for the check")
-    p.add_argument("--check-images", type=int, default=8, help="images compared ONNX Runtime vs PyTorch")
+    p.add_argument("--check-images", type=ranged(int, 1, 10000), default=8,
+                   help="real images the export is checked on, in [1, 10000] (default 8)")
     p.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
     p.set_defaults(func=run)
 
 
+def check_out(args: argparse.Namespace) -> None:
+    """The model written (and its spec beside it) must not be one of the inputs: it would replace the
+    original model, and the check would compare the result with itself."""
+    from hagrid_edge.paths import check_output_path, refuse_same_file
+    from hagrid_edge.spec import sidecar_path
+
+    inputs = [("--cut", args.cut), ("--checkpoint", args.checkpoint), ("--spec", args.spec)]
+    if args.cut:
+        inputs.append(("--cut's spec", sidecar_path(args.cut)))
+    if args.checkpoint:
+        inputs.append(("--checkpoint's spec", sidecar_path(args.checkpoint)))
+    refuse_same_file("--out", args.out, inputs)
+    refuse_same_file("--out's spec", sidecar_path(args.out), inputs)
+    check_output_path("--out", args.out)
+
+
 def run(args: argparse.Namespace) -> int:
+    check_out(args)
     if args.cut:
         return _cut(args)
     from hagrid_edge.export import export_onnx

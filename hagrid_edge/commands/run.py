@@ -12,6 +12,9 @@ import sys
 import threading
 from collections.abc import Iterator
 
+from hagrid_edge.deploy.common.hooks import HOOK_TIMEOUT_S, MAX_RUNNING, SHUTDOWN_GRACE_S
+from hagrid_edge.flags import non_negative_int, positive_float, positive_int, ranged, unit_interval
+
 # Debounce (N of the last M frames start a gesture, K without end it): frames of a video or camera,
 # or stills (an image folder: each photo is its own scene).
 VIDEO_DEBOUNCE = (3, 5, 5)
@@ -37,31 +40,61 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "FILE the shipped assets/models/hand_landmark_lite.tflite, which needs the [tflite] extra)")
     p.add_argument("--source", required=True,
                    help="csi://N, usb://N, /dev/videoN, rtsp://..., a video file, an image folder, or - (stdin)")
-    p.add_argument("--output", help="annotated video (.mp4, .avi, .mkv, .mov)")
-    p.add_argument("--events", help="gesture events as JSON lines (- for stdout)")
-    p.add_argument("--summary", help="also write the run summary as JSON to this file")
+    p.add_argument("--output", help="annotated video (.mp4, .avi, .mkv, .mov); renamed into place when the run "
+                                    "ends, also after an error (an earlier file is kept if the video cannot be "
+                                    "written whole, e.g. on a full disk)")
+    p.add_argument("--events", help="gesture events as JSON lines (- for stdout), each written as it happens: a "
+                                    "run that is killed keeps every event it reported")
+    p.add_argument("--summary", help="also write the run summary as JSON to this file (also when the run fails)")
     p.add_argument("--headless", action="store_true", help="never open a window (the default without a display)")
-    p.add_argument("--threads", type=int, help="runtime threads (ONNX Runtime / LiteRT XNNPACK)")
+    p.add_argument("--threads", type=positive_int, help="runtime threads (ONNX Runtime / LiteRT XNNPACK), >= 1")
     p.add_argument("--device", default="cpu", help="ONNX Runtime device: cpu, cuda or tensorrt (default: cpu)")
-    p.add_argument("--score-threshold", type=float, help="detector score threshold (default: the spec's)")
+    p.add_argument("--score-threshold", type=unit_interval,
+                   help="detector score threshold in [0, 1] (default: the spec's)")
     p.add_argument("--on-gesture", action="append", default=[], metavar="CMD_OR_MODULE:FUNCTION",
                    help="on each gesture start, run a command (event in $HAGRID_EDGE_EVENT) or call a Python "
-                        "function with the event dict; repeatable")
+                        "function with the event dict; repeatable. A command's output goes to stderr")
+    p.add_argument("--hook-timeout", type=ranged(float, 0, 3600, low_open=True), default=HOOK_TIMEOUT_S,
+                   metavar="SECONDS", help=f"a hook still running after this long is killed, with its process "
+                                           f"group; in (0, 3600] (default {HOOK_TIMEOUT_S:g}). At the end of a run "
+                                           f"hooks get {SHUTDOWN_GRACE_S:g} s more at most")
+    p.add_argument("--max-hooks", type=ranged(int, 1, 64), default=MAX_RUNNING, metavar="N",
+                   help=f"hooks running at once, in [1, 64] (default {MAX_RUNNING}); later ones wait, and are "
+                        "skipped (counted in the summary) when too many events wait")
     g = p.add_argument_group("temporal logic")
-    g.add_argument("--debounce-n", type=int, help="frames that must show a gesture ... (default 3; 1 for an "
+    g.add_argument("--debounce-n", type=positive_int, help="frames that must show a gesture ... (default 3; 1 for an "
                                                   "image folder, whose photos are unrelated stills)")
-    g.add_argument("--debounce-m", type=int, help="... among the last M frames (default 5; image folder 1)")
-    g.add_argument("--debounce-k", type=int, help="frames without it that end it (default 5; image folder 1)")
-    g.add_argument("--track-iou", type=float, default=0.3, help="IoU that links a box to a track (default 0.3)")
-    g.add_argument("--track-max-age", type=int, default=5, help="frames a track survives unseen (default 5)")
+    g.add_argument("--debounce-m", type=positive_int, help="... among the last M frames (default 5; image folder 1)")
+    g.add_argument("--debounce-k", type=positive_int, help="frames without it that end it (default 5; image folder 1)")
+    g.add_argument("--track-iou", type=ranged(float, 0, 1, low_open=True), default=0.3,
+                   help="IoU that links a box to a track, in (0, 1] (default 0.3)")
+    g.add_argument("--track-max-age", type=non_negative_int, default=5,
+                   help="frames a track survives unseen, >= 0 (default 5)")
     c = p.add_argument_group("capture and output")
-    c.add_argument("--width", type=int, help="camera capture width")
-    c.add_argument("--height", type=int, help="camera capture height")
-    c.add_argument("--output-fps", type=float, help="frame rate of --output (default: the source's, else 30)")
-    c.add_argument("--max-frames", type=int, help="stop after N frames")
-    c.add_argument("--status-every", type=float, metavar="SECONDS",
-                   help="log a one-line JSON status (frames, events, queue lengths, memory) this often")
+    c.add_argument("--width", type=positive_int, help="camera capture width, >= 1")
+    c.add_argument("--height", type=positive_int, help="camera capture height, >= 1")
+    c.add_argument("--output-fps", type=ranged(float, 0, 1000, low_open=True),
+                   help="frame rate of --output, in (0, 1000] (default: the source's, else 30)")
+    c.add_argument("--max-frames", type=positive_int, metavar="N", help="stop after N frames, N >= 1")
+    c.add_argument("--status-every", type=positive_float, metavar="SECONDS",
+                   help="log a one-line JSON status (frames, events, queue lengths, memory) this often, > 0")
     p.set_defaults(func=run)
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Refuse outputs that are inputs (or each other), folders, or in places that cannot be written,
+    before any model is loaded or any file is touched."""
+    from hagrid_edge.paths import check_output_path, refuse_same_file
+
+    inputs = [("--engine", args.engine), ("--classifier", args.classifier), ("--spec", args.spec),
+              ("--classifier-spec", args.classifier_spec), ("--landmarks", args.landmarks or None)]
+    if args.source != "-" and "://" not in args.source and not args.source.startswith("/dev/"):
+        inputs.append(("--source", args.source))
+    outputs = [(flag, path) for flag, path in (("--output", args.output), ("--summary", args.summary),
+                                                 ("--events", args.events if args.events != "-" else None)) if path]
+    for k, (flag, path) in enumerate(outputs):
+        refuse_same_file(flag, path, inputs + outputs[:k])
+        check_output_path(flag, path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from hagrid_edge.deploy.common.outputs import check_video_path, has_display
     from hagrid_edge.deploy.common.runner import RunOptions, run_loop
     from hagrid_edge.deploy.common.sources import ImageFolderSource, parse_source
-    from hagrid_edge.errors import HagridEdgeError
+    from hagrid_edge.deploy.common.summary import Summary
     from hagrid_edge.landmarks import DEFAULT_LANDMARKS, open_landmarker
     from hagrid_edge.paths import write_text_atomic
     from hagrid_edge.pipeline import load_pipeline
@@ -82,10 +115,9 @@ def run(args: argparse.Namespace) -> int:
     if logging.getLogger().handlers == []:
         logging.basicConfig(level=logging.INFO, format="hagrid-edge run: %(message)s", stream=sys.stderr)
     log = logging.getLogger("hagrid_edge.run")
-    if args.threads is not None and args.threads < 1:
-        raise HagridEdgeError(f"--threads {args.threads}: must be at least 1")
     if args.output:
         check_video_path(args.output)
+    check_paths(args)
     show = not args.headless and has_display()
     if not args.headless and not show and os.environ.get("DISPLAY"):
         log.info("this OpenCV has no GUI (opencv-python-headless): running headless")
@@ -99,12 +131,22 @@ def run(args: argparse.Namespace) -> int:
     debounce = DebounceConfig(_given(args.debounce_n, n), _given(args.debounce_m, m), _given(args.debounce_k, k))
     opts = RunOptions(debounce=debounce, track_iou=args.track_iou, track_max_age=args.track_max_age, output=args.output,
                       events=args.events, hooks=args.on_gesture, show=show, output_fps=args.output_fps,
-                      max_frames=args.max_frames, status_every=args.status_every)
+                      max_frames=args.max_frames, status_every=args.status_every, hook_timeout=args.hook_timeout,
+                      max_hooks=args.max_hooks)
     source.open()
-    with stop_on_signals(log) as (stop, reason):
-        log.info("running %s%s%s on %s", args.engine, f" + {args.classifier}" if args.classifier else "",
-                 " + landmarks" if landmarker else "", args.source)
-        summary = run_loop(pipeline, source, opts, stop, reason, landmarker)
+    summary = Summary(source.uri)
+    try:
+        with stop_on_signals(log) as (stop, reason):
+            log.info("running %s%s%s on %s", args.engine, f" + {args.classifier}" if args.classifier else "",
+                     " + landmarks" if landmarker else "", args.source)
+            run_loop(pipeline, source, opts, stop, reason, landmarker, summary)
+    except Exception:
+        if args.summary and summary.frames:  # what the run did before it failed
+            try:
+                write_text_atomic(args.summary, json.dumps(summary.to_dict(), indent=1) + "\n")
+            except OSError as e:
+                log.warning("--summary %s: cannot write it (%s)", args.summary, e.strerror)
+        raise
     if args.summary:  # before printing: a closed stdout must not cost the summary file
         write_text_atomic(args.summary, json.dumps(summary.to_dict(), indent=1) + "\n")
     print(summary.format(), file=sys.stderr if args.events == "-" else sys.stdout, flush=True)
@@ -114,12 +156,14 @@ def run(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def stop_on_signals(log: logging.Logger) -> Iterator[tuple[threading.Event, list[str]]]:
     """SIGINT/SIGTERM set the yielded event and name themselves in the list; a second signal while the
-    run finishes is logged and ignored, since cutting the cleanup short would discard the outputs."""
+    run finishes (a second or so at most: hooks get 1 s) is logged and ignored, so the video is
+    finished and the summary written. The events are on disk as they happen in any case."""
     stop, reason = threading.Event(), []
 
     def on_signal(signum: int, _frame: object) -> None:
         if stop.is_set():
-            log.warning("%s: already stopping, finishing the outputs (Ctrl-\\ quits without them)",
+            log.warning("%s: already stopping, finishing the outputs (Ctrl-\\ quits at once: the events so far "
+                        "are kept, the video is not)",
                         signal.Signals(signum).name)
             return
         reason.append(signal.Signals(signum).name)

@@ -84,6 +84,18 @@ class Problem:
         return f"{self.file}:{self.image_id}: {self.what}"
 
 
+def unsafe_name(name: str) -> str | None:
+    """Why ``name`` cannot be one file or folder name inside a data folder (image ids, gesture file
+    names, split names become paths: ``../x`` or ``/etc/x`` would read or write outside it), or None."""
+    if not name or name.strip() != name:
+        return "is empty or has leading/trailing spaces"
+    if name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        return "is not a plain file name (it holds '/', '\\', NUL or is '.' / '..')"
+    if len(name.encode("utf-8", "surrogatepass")) > 200:
+        return "is too long for a file name"
+    return None
+
+
 def _is_number(v: Any) -> bool:
     t = type(v)  # exact types: bool is an int subclass but no coordinate
     return t is int or (t is float and math.isfinite(v))
@@ -188,6 +200,10 @@ def parse_entry(image_id: str, entry: Any, gesture: str, image_dir: Path, source
     def bad(what: str) -> None:
         problems.append(Problem(source, image_id, what))
 
+    why = unsafe_name(image_id)
+    if why:
+        bad(f"image id {image_id!r} {why}")
+        return None
     if not isinstance(entry, dict):
         bad(f"entry is {type(entry).__name__}, not an object")
         return None
@@ -218,6 +234,10 @@ def parse_entry(image_id: str, entry: Any, gesture: str, image_dir: Path, source
 def parse_file(path: Path, image_dir: Path, problems: list[Problem]) -> list[Sample]:
     """All entries of one ``<gesture>.json``; problems are appended, bad entries skipped."""
     gesture = path.stem
+    why = unsafe_name(gesture)
+    if why:
+        problems.append(Problem(str(path), "-", f"gesture name {gesture!r} (from the file name) {why}"))
+        return []
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -278,6 +298,10 @@ def load_split(root: str | Path, split: str, targets: Iterable[str] | None = Non
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such data root")
+    for flag, name in [("--split", split), *(("--targets", t) for t in targets or ())]:
+        why = unsafe_name(name)
+        if why:
+            raise DataError(f"{flag} {name!r}: {why}")
     ann = annotation_dir(root, split)
     if ann is None and split in DERIVED_SPLITS and annotation_dir(root, TRAIN_VAL) is not None:
         pool = load_split(root, TRAIN_VAL, targets, problems)

@@ -5,12 +5,17 @@ COCO: ``<out>/<split>.json`` with pixel boxes (``evaluate.coco_ground_truth``, t
 YOLO: ``<out>/labels/<split>/<gesture>/<id>.txt`` beside ``<out>/images/<split>/<gesture>/<id>.jpg``
 (links to the original images, not copies) and ``<out>/data.yaml``. Class lists come from
 ``hagrid_edge.labels``. Every file and split folder appears under its final name only when complete.
+
+Convert never replaces what it did not write: an existing ``<split>.json``, ``data.yaml`` or split
+folder is replaced only if an earlier conversion made it (the COCO file's ``info``, data.yaml's first
+line record that); anything else in ``--out`` is refused in one line and left as it is.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -18,13 +23,23 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from hagrid_edge.data.annotations import Sample, available_splits, drop_labels, label_names, load_split
+from hagrid_edge.data.annotations import (
+    Sample,
+    available_splits,
+    drop_labels,
+    label_names,
+    load_split,
+    unsafe_name,
+)
 from hagrid_edge.errors import DataError
+from hagrid_edge.images import bomb_message
 from hagrid_edge.labels import DETECTOR_CLASSES, HAND
 from hagrid_edge.paths import write_text_atomic
 
 FORMATS = ("coco", "yolo")
 MODES = ("gestures", "hands")
+MADE_BY = "written by hagrid-edge data convert"
+_YAML_HEADER = re.compile(rf"# {MADE_BY} --mode (\w+): splits ?(.*)")
 
 
 def mode_classes(mode: str) -> tuple[str, ...]:
@@ -38,7 +53,9 @@ def image_size(sample: Sample) -> tuple[int, int]:
             return im.size
     except FileNotFoundError:
         raise DataError(f"{sample.source}:{sample.image_id}: image {sample.image_path} not found") from None
-    except (UnidentifiedImageError, OSError) as e:
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{sample.source}:{sample.image_id}: {sample.image_path}: {bomb_message(e)}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataError(f"{sample.source}:{sample.image_id}: cannot read image header ({e})") from None
 
 
@@ -56,7 +73,7 @@ def coco_dataset(root: Path, samples: Sequence[Sample], mode: str,
     from hagrid_edge.evaluate import coco_ground_truth
 
     sizes = [image_size(s) for s in (progress(samples) if progress else samples)]
-    gt = coco_ground_truth(samples, sizes, mode)
+    gt = {"info": {"description": MADE_BY, "mode": mode}, **coco_ground_truth(samples, sizes, mode)}
     for entry, s in zip(gt["images"], samples):  # noqa: B905 (3.8: no strict); one entry per sample
         entry["file_name"] = Path(os.path.relpath(s.image_path, root)).as_posix()
     return gt
@@ -104,14 +121,71 @@ def write_yolo_split(root: Path, out: Path, split: str, samples: Sequence[Sample
             os.symlink(s.image_path.resolve(), image)
         for kind in ("images", "labels"):
             _swap_in(work / kind, out / kind / split)
+    except OSError as e:  # a full disk names no file: name the split being written
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror or str(e), str(out / "labels" / split)) from None
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def yolo_data_yaml(out: Path, mode: str) -> str:
-    """data.yaml naming every split converted into ``out`` so far (this run's and earlier ones)."""
-    splits = sorted(d.name for d in (out / "images").iterdir() if d.is_dir() and not d.name.startswith("."))
-    lines = [f"path: {json.dumps(str(out.resolve()))}"]
+def yolo_owner(out: Path) -> tuple[str | None, list[str]]:
+    """The mode and splits of the conversion that wrote ``out/data.yaml`` ((None, []) if there is none);
+    ``DataError`` if data.yaml is someone else's."""
+    path = out / "data.yaml"
+    if not path.exists() and not path.is_symlink():
+        return None, []
+    try:
+        first = path.read_text(encoding="utf-8", errors="replace").partition("\n")[0]
+    except OSError as e:
+        raise DataError(f"--out {out}: cannot read {path} ({e.strerror})") from None
+    m = _YAML_HEADER.fullmatch(first)
+    if not m:
+        raise DataError(f"--out {out}: {path} was not written by data convert; it is left as it is "
+                        "(choose another --out)")
+    return m.group(1), m.group(2).split()
+
+
+def _check_out(out: Path, to: str, mode: str, names: Sequence[str]) -> list[str]:
+    """Refuse to replace anything in ``out`` that an earlier conversion did not write; returns the
+    splits of earlier YOLO conversions into ``out`` that stay (listed in data.yaml with this run's)."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: is a file, not a folder")
+    if to == "coco":
+        for split in names:
+            path = out / f"{split}.json"
+            if path.is_dir() or ((path.exists() or path.is_symlink()) and not _coco_is_ours(path)):
+                raise DataError(f"--out {out}: {path} was not written by data convert; it is left as it is "
+                                "(choose another --out)")
+        return []
+    have_mode, owned = yolo_owner(out)
+    for split in names:
+        for kind in ("images", "labels"):
+            path = out / kind / split
+            if (path.exists() or path.is_symlink()) and split not in owned:
+                raise DataError(f"--out {out}: {path} was not written by data convert; it is left as it is "
+                                "(choose another --out)")
+    kept = [s for s in owned if s not in names and (out / "images" / s).is_dir()]
+    if kept and have_mode != mode:
+        raise DataError(f"--out {out}: holds --mode {have_mode} splits ({', '.join(kept)}) that one data.yaml "
+                        f"cannot list with --mode {mode} ones; convert those splits too, or use another --out")
+    return kept
+
+
+def _coco_is_ours(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    return json.dumps({"description": MADE_BY})[1:-1].encode() in head
+
+
+def yolo_data_yaml(out: Path, mode: str, splits: Iterable[str]) -> str:
+    """data.yaml naming ``splits`` (this run's and earlier conversions' into ``out``); its first line
+    records that data convert wrote it, and which splits are its own."""
+    splits = sorted(set(splits))
+    lines = [f"# {MADE_BY} --mode {mode}: splits {' '.join(splits)}", f"path: {json.dumps(str(out.resolve()))}"]
     lines += [f"{split}: images/{split}" for split in splits]
     lines.append("names:")
     lines += [f"  {i}: {name}" for i, name in enumerate(mode_classes(mode))]
@@ -133,6 +207,11 @@ def convert(root: str | Path, to: str, mode: str, out: str | Path, splits: Itera
     names = list(splits) if splits else available_splits(root)
     if not names:
         raise DataError(f"{root}: no annotation folders (annotations/<split>/ or ann_<split>/)")
+    for split in names:
+        why = unsafe_name(split)
+        if why:
+            raise DataError(f"--split {split!r}: {why}")
+    kept = _check_out(out, to, mode, names)
     loaded = {split: load_split(root, split, targets) for split in names}
     if drop_no_gesture:
         loaded = {split: drop_labels(samples, keep_empty=True) for split, samples in loaded.items()}
@@ -145,9 +224,11 @@ def convert(root: str | Path, to: str, mode: str, out: str | Path, splits: Itera
             write_text_atomic(path, json.dumps(coco_dataset(root, samples, mode, progress)))
             written.append(path)
         else:
+            # Claimed in data.yaml before its folders appear, so an interrupted run's folders are still ours.
+            done = [s for s in loaded if (out / "images" / s).is_dir() or s == split]
+            write_text_atomic(out / "data.yaml", yolo_data_yaml(out, mode, [*kept, *done]))
             write_yolo_split(root, out, split, samples, mode, progress)
             written += [out / "images" / split, out / "labels" / split]
     if to == "yolo":
-        write_text_atomic(out / "data.yaml", yolo_data_yaml(out, mode))
         written.append(out / "data.yaml")
     return written

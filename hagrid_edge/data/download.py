@@ -21,6 +21,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -101,6 +102,8 @@ def read_checksums(path: str | Path) -> dict[str, str]:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise DataError(f"{path}: cannot read checksums ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a text file of '<sha256>  <file name>' lines") from None
     sums = {}
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -164,12 +167,20 @@ def _transfer(url: str, part: Path, timeout: float, progress: bool) -> int | Non
         with open(part, mode) as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
                                          unit_divisor=1024, desc=part.stem,
                                          disable=not progress, leave=False) as bar:
-            try:
-                while block := response.read(CHUNK):
+            while True:
+                try:
+                    block = response.read(CHUNK)
+                except (http.client.HTTPException, OSError) as e:
+                    raise _Interrupted(f"connection lost ({type(e).__name__})") from None
+                if not block:
+                    break
+                try:  # a full disk is not a lost connection: no retry, the bytes so far stay in the part file
                     f.write(block)
-                    bar.update(len(block))
-            except (http.client.HTTPException, OSError) as e:
-                raise _Interrupted(f"connection lost ({type(e).__name__})") from None
+                    f.flush()
+                except OSError as e:
+                    raise DataError(f"{part}: cannot write the download ({e.strerror}); "
+                                    f"{part.stat().st_size} bytes kept, run again to resume") from None
+                bar.update(len(block))
     got = part.stat().st_size
     if total is not None and got < total:
         raise _Interrupted(f"connection closed after {got} of {total} bytes")
@@ -220,12 +231,25 @@ def _member_error(info: zipfile.ZipInfo) -> str | None:
 
 
 def safe_members(zf: zipfile.ZipFile, archive: Path) -> list[zipfile.ZipInfo]:
-    """Every member, or DataError naming the first one that could write outside the target."""
+    """Every member, or DataError naming the first one that could write outside the target, or
+    that another member needs as a folder (``a`` and ``a/b``) or repeats."""
     members = zf.infolist()
     for info in members:
         err = _member_error(info)
         if err:
             raise DataError(f"{archive}: member {info.filename!r} {err}; nothing extracted")
+    files = {}
+    for info in members:
+        if not info.is_dir():
+            name = PurePosixPath(info.filename.replace("\\", "/")).as_posix()
+            if name in files:
+                raise DataError(f"{archive}: member {info.filename!r} appears twice; nothing extracted")
+            files[name] = info
+    for name in files:
+        for parent in PurePosixPath(name).parents:
+            if parent.as_posix() in files:
+                raise DataError(f"{archive}: member {files[parent.as_posix()].filename!r} is a file and also the "
+                                f"folder of {name!r}; nothing extracted")
     return members
 
 
@@ -252,11 +276,24 @@ def extract(archive: Path, target: Path) -> int:
                     continue
                 out = work / rel
                 out.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    with zf.open(info) as src, open(out, "wb") as dst:
-                        shutil.copyfileobj(src, dst, CHUNK)
-                except (zipfile.BadZipFile, OSError) as e:
-                    raise DataError(f"{archive}: member {info.filename!r} is damaged ({e})") from None
+                with open(out, "wb") as dst:  # a full disk here is an OSError naming the target, not damage
+                    try:
+                        src = zf.open(info)
+                    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError) as e:
+                        raise DataError(f"{archive}: member {info.filename!r} is damaged ({e})") from None
+                    with src:
+                        while True:
+                            try:
+                                block = src.read(CHUNK)
+                            except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
+                                raise DataError(f"{archive}: member {info.filename!r} is damaged ({e})") from None
+                            if not block:
+                                break
+                            try:
+                                dst.write(block)
+                            except OSError as e:
+                                raise OSError(e.errno, f"{e.strerror}; extracting {info.filename!r} from "
+                                                       f"{archive.name}, which is kept", str(target)) from None
                 files.append(rel)
             for rel in files:
                 final = target / rel
