@@ -250,8 +250,8 @@ def render_pareto(report: dict[str, Any]) -> list[str]:
     if not tables:
         return []
     marks = ", ".join(f"{mark} = {task} {metric.replace('_', '-')}" for task, metric, mark in FRONT_METRICS)
-    return tables + ["", f"front: the accuracies on which no other row of the device is both cheaper and more "
-                     f"accurate ({marks}). Accuracy [95 % interval over the photos' users] on the measured "
+    return tables + ["", f"front: the accuracies on which no other row of the device is at least as cheap and as "
+                     f"accurate and better in one of the two ({marks}). Accuracy [95 % interval over the photos' users] on the measured "
                      "device's photos; an emulated Pi's rows take the accuracy of the same files measured there. "
                      "Agreement: mAP50-95 against the FP32 form's own detections. × FP32: e2e median ratio "
                      "(measured), total instructions ratio (emulated)."]

@@ -84,8 +84,9 @@ def test_pareto_marks_exactly_the_undominated_rows(run):
     assert set(marked) == {r["id"] for r in rows}
     for task, metric, mark in report.FRONT_METRICS:
         for r in rows:
-            dominated = any(report._cost(o) < report._cost(r) and report.accuracy_of(o, task, metric)
-                            > report.accuracy_of(r, task, metric) for o in rows)
+            cost, acc = report._cost(r), report.accuracy_of(r, task, metric)
+            dominated = any(o is not r and report._cost(o) <= cost and report.accuracy_of(o, task, metric) >= acc
+                            and (report._cost(o), report.accuracy_of(o, task, metric)) != (cost, acc) for o in rows)
             assert (mark in marked[r["id"]].strip("*").split(", ")) != dominated, (r["id"], mark)
 
 
