@@ -214,6 +214,15 @@ def _with_interval(acc: dict[str, Any] | None, metric: str) -> str:
     return f"{acc[metric]:.1f}" + (f" [{low_high[0]:.1f}, {low_high[1]:.1f}]" if low_high else "")
 
 
+def _change(row: dict[str, Any]) -> str:
+    """Gestures mAP50-95 of the row minus its FP32 form's, with the paired interval where bench drew one."""
+    drop = ((row.get("drop") or {}).get("gestures") or {}).get("mAP50_95")
+    if drop is None:
+        return "–"
+    low_high = ((row.get("change_interval") or {}).get("gestures") or {}).get("mAP50_95")
+    return f"{-drop:+.2f}" + (f" [{low_high[0]:+.1f}, {low_high[1]:+.1f}]" if low_high else "")
+
+
 def _pareto_table(label: str, report: dict[str, Any]) -> list[str]:
     """One device's rows: cost, ratio to FP32, accuracy with intervals, agreement, and the fronts each is on."""
     emulated = emulated_machines(report)
@@ -232,7 +241,8 @@ def _pareto_table(label: str, report: dict[str, Any]) -> list[str]:
     ratio_of = ((lambda r: (r.get("instructions_ratio") or {}).get("total")) if label in emulated else
                 (lambda r: (r.get("latency_ratio") or {}).get("end_to_end")))
     header = ["pipeline", "precision", unit, "× FP32", "gestures mAP50-95", "gestures mAP50", "hands mAP50-95",
-              "hands mAP50", "agreement gestures / hands", "front", "FP32 form"]
+              "hands mAP50", "agreement gestures / hands", "gestures mAP50-95 − FP32 form [paired]", "front",
+              "FP32 form"]
     body = []
     for r, s, mark in sorted(zip(rows, scored, marks), key=lambda t: _cost(t[0])):  # noqa: B905
         acc, agree = s.get("accuracy") or {}, s.get("agreement") or {}
@@ -240,7 +250,8 @@ def _pareto_table(label: str, report: dict[str, Any]) -> list[str]:
                      _num(ratio_of(r), 2), *(_with_interval(acc.get(t), m) for t in ("gestures", "hands")
                                              for m in ("mAP50_95", "mAP50")),
                      " / ".join(_num((agree.get(t) or {}).get("mAP50_95"), 2) for t in ("gestures", "hands"))
-                     if agree else "–", "**" + ", ".join(mark) + "**" if mark else "", r.get("reference") or ""])
+                     if agree else "–", _change(s), "**" + ", ".join(mark) + "**" if mark else "",
+                     r.get("reference") or ""])
     return ["", f"## Pareto table: {label}", "", *_md_table(header, body)]
 
 

@@ -369,11 +369,14 @@ def attach_references(rows: list[dict[str, Any]], references: dict[tuple[str, ..
         row["latency_ratio"] = {k: v for k, v in ratios.items() if v is not None}
 
 
-def attach_agreement(rows: list[dict[str, Any]], samples: list[Any]) -> None:
+def attach_agreement(rows: list[dict[str, Any]], samples: list[Any], bootstrap: int = 0) -> None:
     """Rows with a reference get agreement per task: COCO mAP of their detections (at the evaluation threshold)
-    against the reference row's own detections at its operating threshold (``hagrid_edge.agreement``).
-    The rows' detections (``SuiteConfig.agreement``) are dropped afterwards: the report keeps figures only."""
+    against the reference row's own detections at its operating threshold (``hagrid_edge.agreement``);
+    with ``bootstrap`` resamples, also the paired 95 % interval of their change against the reference (the
+    row minus its reference on the same draws of users). The rows' detections (``SuiteConfig.agreement``)
+    are dropped afterwards: the report keeps figures only."""
     from hagrid_edge.agreement import as_samples, detection_agreement
+    from hagrid_edge.bootstrap import bootstrap_map
 
     by_id = {r["id"]: r for r in rows}
     for row in rows:
@@ -382,9 +385,13 @@ def attach_agreement(rows: list[dict[str, Any]], samples: list[Any]) -> None:
             continue
         mine, theirs = row["detections"], ref["detections"]
         truth = as_samples(samples, theirs["operating"], theirs["sizes"], 0.0)
-        row["agreement"] = {task: {m: detection_agreement(truth, mine["evaluation"], mine["sizes"], task)[m]
-                                   for m in TASK_METRICS[task]}
-                            for task in row["accuracy"] if task in ref["accuracy"] and task != "classify"}
+        tasks = [t for t in row["accuracy"] if t in ref["accuracy"] and t != "classify"]
+        row["agreement"] = {t: {m: detection_agreement(truth, mine["evaluation"], mine["sizes"], t)[m]
+                                for m in TASK_METRICS[t]} for t in tasks}
+        if bootstrap:
+            row["change_interval"] = {t: bootstrap_map(samples, mine["sizes"], [mine["evaluation"],
+                                                       theirs["evaluation"]], t, bootstrap)["difference"]
+                                      for t in tasks}
     for row in rows:
         row.pop("detections", None)
 
@@ -402,7 +409,7 @@ def run_suite(targets: list[Target], config: SuiteConfig, references: dict[tuple
             progress(f"bench: {target.id}: " + (f"ERROR {r['error']}" if r["error"] else
                                                 f"{r['latency']['infer']['median_ms']:.2f} ms infer"))
     attach_references(rows, references)
-    attach_agreement(rows, bench_samples(config) if config.agreement else [])
+    attach_agreement(rows, bench_samples(config) if config.agreement else [], config.bootstrap)
     return rows
 
 

@@ -51,6 +51,9 @@ def test_a_pair_gets_its_fp32_pair_as_reference(run):
                                                        - pair["accuracy"][task]["mAP50_95"], 2)
         assert 50 < pair["agreement"][task]["mAP50_95"] < 100  # INT8 moves some boxes, not most
     assert pair["latency_ratio"]["end_to_end"] > 0
+    for task in ("gestures", "hands"):  # the paired interval of the INT8 pair minus the FP32 pair holds its change
+        for metric, (low, high) in pair["change_interval"][task].items():
+            assert low <= -pair["drop"][task][metric] <= high and low < high
     one_stage = _row(run, "gesture_detector_int8.tflite")
     assert one_stage["reference"] == "gesture_detector.onnx" and one_stage["agreement"]["gestures"]["mAP50_95"] > 90
     assert all("detections" not in r for r in run["rows"])  # figures only in the report
@@ -78,9 +81,9 @@ def test_held_apart_photos_and_intervals(run, mini_root):
 
 def test_pareto_marks_exactly_the_undominated_rows(run):
     rows = [r for r in run["rows"] if not r["error"]]
-    table = [line for line in run["md"].splitlines() if line.startswith("| ")]
-    marked = {line.split(" | ")[0][2:]: line.split(" | ")[9] for line in table[table.index(
-        next(t for t in table if t.startswith("| pipeline"))) + 1:]}
+    table = [[c.strip() for c in line[1:-1].split("|")] for line in run["md"].splitlines() if line.startswith("| ")]
+    header = next(t for t in table if t[0] == "pipeline")
+    marked = {cells[0]: cells[header.index("front")] for cells in table[table.index(header) + 1:]}
     assert set(marked) == {r["id"] for r in rows}
     for task, metric, mark in report.FRONT_METRICS:
         for r in rows:
