@@ -199,8 +199,8 @@ def _cost(row: dict[str, Any]) -> float | None:
 
 
 def _scored(row: dict[str, Any], measured: list[dict[str, Any]]) -> dict[str, Any]:
-    """The row itself where it has accuracy, else the measured device's row of the same files (an emulated
-    Pi runs the same LiteRT kernels, so its accuracy is the host's)."""
+    """The row itself where it has accuracy, else the first measured row of the same files (an emulated Pi
+    runs the same LiteRT kernels, so its accuracy is the host's; ``measured`` lists its own run's first)."""
     if row.get("accuracy"):
         return row
     shas = [a["sha256"] for a in row.get("artifacts") or []]
@@ -226,7 +226,9 @@ def _change(row: dict[str, Any]) -> str:
 def _pareto_table(label: str, report: dict[str, Any]) -> list[str]:
     """One device's rows: cost, ratio to FP32, accuracy with intervals, agreement, and the fronts each is on."""
     emulated = emulated_machines(report)
-    measured = [r for r in report["rows"] if r["machine"] not in emulated and not r.get("error")]
+    command = report["runs"].get(label, {}).get("command")
+    measured = sorted((r for r in report["rows"] if r["machine"] not in emulated and not r.get("error")),
+                      key=lambda r: report["runs"].get(r["machine"], {}).get("command") != command)  # own run first
     rows = [r for r in report["rows"] if r["machine"] == label and not r.get("error") and _cost(r) is not None
             and r.get("kind") != "latency-only"]
     if not rows:

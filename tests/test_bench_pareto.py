@@ -94,10 +94,15 @@ def test_pareto_marks_exactly_the_undominated_rows(run):
 
 
 def test_an_emulated_device_takes_the_accuracy_of_the_same_files(run):
-    """A Pi row carries instructions only; its table row shows the host's accuracy of the same files."""
+    """A Pi row carries instructions only; its table row shows the accuracy of the same files measured in
+    its own bench run, not in another run merged into the report before it."""
     rep = copy.deepcopy(run)
     rep["machines"]["x86-pi5-emulated"] = {"emulated": "cortex-a76", "label": "x86-pi5-emulated"}
+    rep["runs"]["x86-pi5-emulated"] = rep["runs"]["x86"]
     host = _row(rep, "gesture_detector_int8.tflite")
+    other = copy.deepcopy(host) | {"machine": "laptop", "accuracy": {"gestures": {"mAP50_95": 1.0, "mAP50": 2.0}}}
+    rep["machines"]["laptop"], rep["runs"]["laptop"] = {"label": "laptop"}, {"command": "hagrid-edge bench ..."}
+    rep["rows"].insert(0, other)
     rep["rows"].append({**{k: host[k] for k in ("id", "artifacts", "precision", "kind")}, "error": None,
                         "machine": "x86-pi5-emulated", "accuracy": {}, "latency": {},
                         "instructions": {"pre": 1, "infer": 36_000_000, "post": 1, "total": 37_000_000}})
