@@ -37,8 +37,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 MAX_CONSECUTIVE_FAILURES = 5
 STREAM_TIMEOUT_MS = 5000
 # FFmpeg's H.264 decoder holds back one frame per extra thread (frame threading): on a loopback RTSP
-# camera (640x480, 10 fps) a frame was 104 ms old at read with 1 thread, 204 ms with 2 and 604 ms with
-# 4 (``benchmarks/bench_rtsp_faults.py --decoder-threads``). Live sources decode on one thread.
+# camera (640x480, 10 fps) a frame was 104 ms old at read with 1 thread and 403 ms with
+# 4 (``benchmarks/bench_rtsp_lag.py --decoder-threads 1 4``). Live sources decode on one thread.
 LIVE_DECODER_THREADS = 1
 # FFmpeg options of network streams (OpenCV reads them from this variable when a capture opens): no
 # client-side buffering (it would add seconds of lag), RTSP over TCP (no lost packets, no smeared frames).

@@ -246,7 +246,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", type=Path, required=True, help="FP32 ONNX (with --calib-cache for INT8) or QDQ ONNX")
     p.add_argument("--precision", choices=PRECISIONS, required=True)
     p.add_argument("--out", type=Path, required=True, help="engine file to write (+ <engine>.json)")
-    p.add_argument("--calib-cache", type=Path, help="TensorRT calibration cache (implicit INT8, TensorRT 8.x)")
+    p.add_argument("--calib-cache", type=Path, help="TensorRT calibration cache (implicit INT8, TensorRT 8.5 to 10.x)")
     p.add_argument("--spec", type=Path, help="spec file for an ONNX with none embedded or beside it")
     p.add_argument("--workspace", type=int, default=1024, metavar="MIB", help="builder workspace (default 1024 MiB)")
     p.add_argument("--dla-core", type=int, help="build for this DLA core (GPU fallback on)")
