@@ -259,7 +259,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=not trusted)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" not in str(e):  # a damaged file, not a pickle of objects
+        if "unsupported global" not in str(e).lower():  # a damaged file, not a pickle of objects
             raise HagridEdgeError(f"{path}: not a readable PyTorch checkpoint (UnpicklingError)") from None
         # a readable pickle with objects weights_only will not build
         raise HagridEdgeError(f"{path}: holds objects beyond tensors and plain data; if you trust the file, "
@@ -275,10 +275,17 @@ def model_config_of(payload: dict[str, Any], source: str) -> ModelConfig:
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise HagridEdgeError(f"{source}: not a hagrid-edge checkpoint (no 'format: {CHECKPOINT_FORMAT}'); "
                               f"use it as model.init to fine-tune from its weights")
-    m = payload["model"]
-    return ModelConfig(m["name"], list(m["classes"]), tuple(m["input_size"]), tuple(m["mean"]), tuple(m["std"]),
-                       int(m["pad_value"]), m.get("resize", "letterbox"), m.get("crop"), m.get("graph"),
-                       m.get("priors"), bool(m.get("mirror", False)))
+    m = payload.get("model")
+    if not isinstance(m, dict):
+        raise HagridEdgeError(f"{source}: the checkpoint has no 'model' entry (its architecture and classes)")
+    try:
+        return ModelConfig(m["name"], list(m["classes"]), tuple(m["input_size"]), tuple(m["mean"]),
+                           tuple(m["std"]), int(m["pad_value"]), m.get("resize", "letterbox"), m.get("crop"),
+                           m.get("graph"), m.get("priors"), bool(m.get("mirror", False)))
+    except KeyError as e:
+        raise HagridEdgeError(f"{source}: the checkpoint's 'model' entry lacks {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        raise HagridEdgeError(f"{source}: the checkpoint's 'model' entry is malformed ({e})") from None
 
 
 def load_model(path: str | Path, use_ema: bool = True) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:

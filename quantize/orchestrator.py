@@ -188,14 +188,33 @@ def _with_calibration(spec: ModelSpec, precision: str, calibration: dict, **extr
         **spec.provenance, "precision": precision, "calibration": calibration, **extra}})
 
 
+def _mtime(path: Path) -> int | None:
+    return path.stat().st_mtime_ns if path.is_file() else None
+
+
+def _move_aside(path: Path, before: int | None) -> str:
+    """After a failed target, no file answers to its artifact's name: an earlier run's artifact (or what
+    this run left half-made) is renamed, with its spec sidecar, and the error says where it went."""
+    if not path.is_file():
+        return ""
+    tag = "previous" if _mtime(path) == before else "incomplete"
+    aside = path.with_name(f"{path.stem}_{tag}{path.suffix}")
+    for src, dst in ((path, aside), (Path(f"{path}.json"), Path(f"{aside}.json"))):
+        if src.is_file():
+            src.replace(dst)
+    return f" ({'an earlier run' if tag == 'previous' else 'this run'}'s {path.name} moved to {aside.name})"
+
+
 def attempt(result: TargetResult, build: Callable[[], None]) -> TargetResult:
     """Run one target; a failure is recorded on its result (one line) and the other targets still run."""
     t0 = time.perf_counter()
+    before = _mtime(result.path)
     try:
         build()
     except Exception as e:  # a failed converter or quantizer must not take the other targets down
         text = str(e).strip()
         result.error = f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+        result.error += _move_aside(result.path, before)
     result.seconds = round(time.perf_counter() - t0, 2)
     result.size = result.path.stat().st_size if result.path.is_file() else 0
     return result

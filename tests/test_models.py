@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import os
 import re
 
 import numpy as np
@@ -12,12 +13,14 @@ import torch
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.labels import DETECTOR_CLASSES, GESTURES
 from hagrid_edge.models import (
+    CHECKPOINT_FORMAT,
     TRUSTED_CHECKPOINTS_ENV,
     ModelConfig,
     SSDLite,
     TwoHeadClassifier,
     build_model,
     load_weights,
+    model_config_of,
     model_spec,
     read_checkpoint,
     task_of,
@@ -125,3 +128,28 @@ def test_checkpoint_with_objects_needs_trust(tmp_path, monkeypatch):
         read_checkpoint(path)
     monkeypatch.setenv(TRUSTED_CHECKPOINTS_ENV, "1")
     assert read_checkpoint(path)["when"] == datetime.date(2026, 11, 30)
+
+
+class _RunsCode:
+    def __reduce__(self):  # what a hostile checkpoint carries: a call made while unpickling
+        return (os.system, ("touch hacked",))
+
+
+def test_a_checkpoint_that_would_run_code_gets_the_trust_hint(tmp_path, monkeypatch):
+    path = tmp_path / "hostile.pth"
+    torch.save({"format": CHECKPOINT_FORMAT, "x": _RunsCode()}, path)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(HagridEdgeError, match=f"hostile.pth: holds objects beyond .* {TRUSTED_CHECKPOINTS_ENV}=1"):
+        read_checkpoint(path)
+    assert not (tmp_path / "hacked").exists()
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    (None, "has no 'model' entry"),
+    ({"name": "mobilenet_v3_small", "input_size": [224, 224]}, "'model' entry lacks 'classes'"),
+    ({"name": "x", "classes": ["a"], "input_size": 3, "mean": [0], "std": [1], "pad_value": 0}, "malformed"),
+])
+def test_a_checkpoint_without_its_model_entry_is_one_line(model, message):
+    payload = {"format": CHECKPOINT_FORMAT} if model is None else {"format": CHECKPOINT_FORMAT, "model": model}
+    with pytest.raises(HagridEdgeError, match=f"ckpt.pt: .*{message}"):
+        model_config_of(payload, "ckpt.pt")

@@ -84,3 +84,31 @@ def test_missing_and_empty_subsample(mini_root, hand_detector, tmp_path):
     (empty / "annotations" / "subsample" / "call.json").write_text("{}")
     with pytest.raises(DataError, match="no usable entries"):
         calibration_batches(empty, spec)
+
+
+def test_a_failed_target_leaves_nothing_under_its_artifacts_name(tmp_path: Path) -> None:
+    """A rerun whose target fails must not show the earlier run's artifact (or its own half-made one)
+    as this run's result."""
+    from hagrid_edge.quantize.orchestrator import attempt
+    from hagrid_edge.quantize.report import TargetResult
+
+    path = tmp_path / "det_int8.tflite"
+    path.write_bytes(b"earlier run")
+    Path(f"{path}.json").write_text("{}", encoding="utf-8")
+
+    def converter_crash() -> None:
+        raise RuntimeError("onnx2tf: unsupported op\nmore")
+
+    result = attempt(TargetResult("tflite-int8", path), converter_crash)
+    assert result.error == ("RuntimeError: onnx2tf: unsupported op (an earlier run's det_int8.tflite moved to "
+                            "det_int8_previous.tflite)")
+    assert result.size == 0 and not path.exists() and not Path(f"{path}.json").exists()
+    assert (tmp_path / "det_int8_previous.tflite").read_bytes() == b"earlier run"
+
+    def half_written() -> None:
+        path.write_bytes(b"half")
+        raise OSError("disk full")
+
+    result = attempt(TargetResult("tflite-int8", path), half_written)
+    assert result.error.endswith("(this run's det_int8.tflite moved to det_int8_incomplete.tflite)")
+    assert not path.exists() and result.size == 0
