@@ -357,7 +357,7 @@ def attach_references(rows: list[dict[str, Any]], references: dict[tuple[str, ..
         candidates = [c for c in _source_candidates(row, artifacts, references) if c != own]
         ref = next((by_shas[c] for c in candidates if c in by_shas), None)
         if ref is None:
-            if candidates:
+            if candidates and any(a["precision"] != FP32 for a in row["artifacts"]):  # an FP32 row needs none
                 row["reference_missing"] = "the FP32 source was not benchmarked in this run"
             continue
         row["reference"] = ref["id"]

@@ -207,6 +207,8 @@ def test_gate_refuses_an_int8_row_without_its_reference(host_run):
     assert failures == ["clf_int8.onnx: INT8 row without its FP32 reference (the FP32 source was not benchmarked "
                         "in this run): its drop was not measured; bench the FP32 artifact it was made from in the "
                         "same run"]
+    fp32_rows = [r for r in rep["rows"] if all(a["precision"] == "FP32" for a in r["artifacts"])]
+    assert fp32_rows and not any(r.get("reference_missing") for r in fp32_rows)  # an FP32 row is a reference
 
 
 def _with_emulated_pi5(rep: dict, int8_infer: int, fp32: bool = True) -> dict:
