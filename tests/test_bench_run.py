@@ -54,7 +54,9 @@ def _quantize_blind(source: Path, out: Path, batches: list[np.ndarray]) -> Path:
             return next(self.it, None)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    quantize_static(str(source), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=False)
+    copy = out.parent / f"{source.stem}_source.onnx"  # ONNX Runtime writes beside its input; shared/ is read-only
+    copy.write_bytes(source.read_bytes())
+    quantize_static(str(copy), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=False)
     return _with_provenance(source, out, len(batches))
 
 

@@ -19,8 +19,10 @@ def test_precision_of_real_artifacts(hand_detector, mediapipe_dir, tmp_path):
     assert formats.precision_of(hand_detector, {}) == formats.FP32
     # MediaPipe ships its palm detector with float16 weights dequantized in the graph.
     assert formats.precision_of(mediapipe_dir / "palm_detection_lite.tflite", {}) == formats.FP16
-    dyn = tmp_path / "dyn.onnx"
-    quantize_dynamic(str(hand_detector.parent / "crops_classifier.onnx"), str(dyn), weight_type=QuantType.QInt8)
+    dyn, source = tmp_path / "dyn.onnx", tmp_path / "crops_classifier.onnx"
+    # a copy: ONNX Runtime writes a shape-inferred model beside its input, and shared/ is read-only
+    source.write_bytes((hand_detector.parent / "crops_classifier.onnx").read_bytes())
+    quantize_dynamic(str(source), str(dyn), weight_type=QuantType.QInt8)
     assert formats.precision_of(dyn, {}) == formats.INT8_DYNAMIC
     # Formats without a file inspector report what the making tool declared.
     engine = tmp_path / "m.engine"
