@@ -61,17 +61,22 @@ def make_video(path: Path, hold: int, repeat: int, fps: float = 15.0) -> int:
     return len(frames) * hold * repeat
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of process group ``pgid`` (Linux /proc)."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(stat.parent.name))
-    return members
+def group_members(pgid: int, settle_s: float = 0.0) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid`` (Linux /proc), after up to ``settle_s`` for
+    killed ones to go."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        members = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                members.append(int(stat.parent.name))
+        if not members or time.monotonic() >= deadline:
+            return members
+        time.sleep(0.05)
 
 
 def read_lines(path: Path) -> tuple[list[dict], bool]:

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from test_run_cli import SEQUENCE, count_frames, letterboxed, make_video, read_events
 
+from hagrid_edge.benchmarks.bench_shutdown import group_members
 from hagrid_edge.cli import main
 from hagrid_edge.deploy.common.capture import Capture
 from hagrid_edge.deploy.common.runner import RunOptions, run_loop
@@ -90,23 +91,6 @@ def kill_groups(pid_file: Path) -> None:
                 os.killpg(int(pid), signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-
-
-def group_members(pgid: int, settle_s: float = 1.0) -> list[int]:
-    """Live (not zombie) processes of process group ``pgid``, after up to ``settle_s`` for killed ones to go."""
-    deadline = time.monotonic() + settle_s
-    while True:
-        members = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                members.append(int(stat.parent.name))
-        if not members or time.monotonic() >= deadline:
-            return members
-        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +167,7 @@ def test_sigterm_with_hanging_hooks_ends_within_the_bound(long_video: Path, hand
     assert "killed its process group" in stderr
     assert count_frames(out) == s["frames"] > 0 and read_events(ev)
     for pgid in pids.read_text().split():  # the hooks and the children they left in the background
-        assert not group_members(int(pgid)), f"hook process group {pgid} outlived the run"
+        assert not group_members(int(pgid), settle_s=1.0), f"hook process group {pgid} outlived the run"
 
 
 def test_hook_output_stays_out_of_the_events_stream(short_video: Path, hand_detector: Path,
