@@ -28,10 +28,10 @@ BASELINE_VERSION = 1
 # accuracy_margin: points (percent) an accuracy may fall below its accepted figure.
 # int8_max_drop: points an INT8 artifact may lose against its FP32 source on the run's photos, in
 #   mAP50-95 and mAP50 (detectors, pairs) or F1 (a crop classifier on its own). calibrate's guard holds
-#   an INT8 artifact within 0.5 points on photos it did not tune on (README "INT8 calibration"); the
+#   an INT8 artifact within 0.5 points on photos it did not tune on (docs/quantization.md); the
 #   limits give another machine's runtime build room on top of that, and no more.
 # int8_max_insn_ratio: the most inference instructions per frame an INT8 artifact may execute, as a
-#   share of its FP32 reference's, on an emulated Pi CPU (README: INT8 halves the detector's on a Pi 5).
+#   share of its FP32 reference's, on an emulated Pi CPU (the one-stage detector: 0.57x on a Pi 5).
 DEFAULT_LIMITS: dict[str, Any] = {
     "accuracy_margin": 1.0,
     "int8_max_drop": {"mAP50_95": 1.0, "mAP50": 1.0, "f1": 1.0},

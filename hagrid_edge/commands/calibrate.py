@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="calibrate on the HaGRID subsample of --data (the only calibration source; kept for "
                         "the documented command line)")
     p.add_argument("--model", type=Path,
-                   help="FP32 ONNX or training checkpoint (default: the README's hand detector), or a hand landmark "
+                   help="FP32 ONNX or training checkpoint (default: assets/models/hand_detector.onnx), or a hand landmark "
                         ".tflite (e.g. assets/models/hand_landmark_lite.tflite: its INT8 TFLite, guarded in pixels)")
     p.add_argument("--spec", type=Path, help="spec file for a model with none embedded or beside it")
     p.add_argument("--classifier", type=Path,
