@@ -19,6 +19,7 @@ from hagrid_edge.benchmarks.formats import FP32, format_of, is_int8, precision_o
 from hagrid_edge.benchmarks.latency import LatencyConfig, time_calls
 from hagrid_edge.benchmarks.memory import MIB, current_rss_bytes, peak_rss_bytes, run_isolated
 from hagrid_edge.errors import HagridEdgeError
+from hagrid_edge.paths import resolve_model
 
 PAIR_SEPARATOR = "+"
 ACCURACY_TASKS = ("gestures", "hands")
@@ -75,7 +76,9 @@ def split_pair(arg: str) -> tuple[str, str | None]:
 
 def make_targets(models: list[str], latency_only: list[str]) -> list[Target]:
     """Rows in command-line order, named by file names (with the parent folder where names clash)."""
-    entries = [(*split_pair(m), False) for m in models] + [(p, None, True) for p in latency_only]
+    pairs = [split_pair(m) for m in models]  # each part a path or a shipped model's name
+    entries = [(resolve_model(d), c and resolve_model(c), False) for d, c in pairs]
+    entries += [(resolve_model(p), None, True) for p in latency_only]
 
     paths = {str(Path(p).resolve()) for m, c, _ in entries for p in (m, c) if p}
     depth, deepest = 1, max((len(Path(p).parts) for p in paths), default=1)

@@ -21,6 +21,8 @@ COMMANDS = (
     ("hagrid_edge.commands.export", "train"),
     ("hagrid_edge.commands.bench", ""),
     ("hagrid_edge.commands.run", ""),
+    ("hagrid_edge.commands.build", "jetson"),
+    ("hagrid_edge.commands.doctor", ""),
 )
 COMMAND_EXTRA = {module.rpartition(".")[2]: extra for module, extra in COMMANDS}
 # Optional packages a core command may reach (a plot, a model format) -> the extra that installs them.

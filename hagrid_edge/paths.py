@@ -15,13 +15,39 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_ENV = "HAGRID_EDGE_SHARED"
 ASSETS = REPO_ROOT / "assets"
 DEFAULT_DATA = ASSETS / "hagrid-sample"
-DEFAULT_MODELS = ASSETS / "models"
+# The shipped models: assets/models/ in a clone, installed from there as the package data
+# hagrid_edge/shipped_models/ (setup.cfg) by a wheel, which has no assets/.
+WHEEL_MODELS = Path(__file__).resolve().parent / "shipped_models"
+DEFAULT_MODELS = WHEEL_MODELS if WHEEL_MODELS.is_dir() else ASSETS / "models"
 
 
 def shared_root() -> Path:
     """The shared data/models folder: $HAGRID_EDGE_SHARED, else ``../shared`` beside the repository."""
     env = os.environ.get(SHARED_ENV)
     return Path(env) if env else REPO_ROOT.parent / "shared"
+
+
+def user_cache() -> Path:
+    """hagrid-edge's per-user cache folder: ``$XDG_CACHE_HOME/hagrid-edge``, else ``~/.cache/hagrid-edge``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hagrid-edge"
+
+
+def engine_cache() -> Path:
+    """Where ``hagrid-edge build`` keeps the TensorRT engines it builds, each beside its ``.json`` record."""
+    return user_cache() / "engines"
+
+
+def resolve_model(value: str) -> str:
+    """A model as given on the command line. A path that exists wins; otherwise a bare file name (or
+    ``assets/models/NAME``, as the docs write it) names a shipped model, then an engine ``hagrid-edge
+    build`` cached. Anything else comes back as given, so opening it fails naming it."""
+    path = Path(value)
+    if path.exists() or path.parent.as_posix() not in (".", "assets/models"):
+        return value
+    for folder in (DEFAULT_MODELS, engine_cache()):
+        if (folder / path.name).is_file():
+            return str(folder / path.name)
+    return value
 
 
 def fsync_path(path: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import onnx
 import pytest
+from test_board_defaults import ORIN_NANO, board_files
 from trt_fakes import GPU, install
 
 from hagrid_edge.deploy.jetson.build_engine import BuildOptions, build_engine, main, parser, plan_build
@@ -169,3 +170,80 @@ def test_missing_tensorrt_is_one_line(artifacts, monkeypatch, capsys):
     assert main(["--onnx", str(artifacts["qdq"]), "--precision", "int8", "--out", str(artifacts["dir"] / "z.trt")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "TensorRT's Python bindings are not installed" in err[0]
+
+
+# ---- hagrid-edge build: the per-user engine cache ----------------------------------------------------
+def _build(capsys, *argv: str) -> str:
+    from hagrid_edge.cli import main as cli
+
+    assert cli(["build", *argv]) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    return line
+
+
+def test_build_caches_the_main_job_engine_reuses_it_and_rebuilds_when_stale(tmp_path, monkeypatch, capsys):
+    """`hagrid-edge build` on a Jetson: the shipped gesture_detector.onnx as an FP16 engine in the user's cache,
+    reused while its record matches, rebuilt for another TensorRT or --force; `run` then finds it."""
+    from hagrid_edge.board import default_engine, detect_board
+    from hagrid_edge.cli import build_parser
+    from hagrid_edge.paths import DEFAULT_MODELS, resolve_model
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    engine = tmp_path / "cache" / "hagrid-edge" / "engines" / "gesture_detector_fp16.trt"
+    source = DEFAULT_MODELS / "gesture_detector.onnx"
+    trt = install(monkeypatch, "10.3.0.30").trt
+    assert _build(capsys) == f"{engine}: built (fp16 engine of gesture_detector.onnx; not built yet)"
+    assert trt._built["config"]._flags == {"FP16"} and engine.read_bytes() == b"ENGINE"
+    rec = engine_info(load_spec_file(sidecar_path(engine)), engine)
+    assert (rec.tensorrt_version, rec.precision, rec.gpu) == ("10.3.0.30", "fp16", GPU)
+    assert rec.source_onnx_sha256 == sha256_file(source)
+
+    trt = install(monkeypatch, "10.3.0.30").trt  # the same TensorRT and GPU: nothing is built
+    assert _build(capsys) == f"{engine}: up to date, reused (fp16 engine of gesture_detector.onnx)"
+    assert trt._networks == [] and trt._built == {}
+
+    install(monkeypatch, "8.6.2.3")  # a JetPack upgrade (here: another line) makes it stale
+    assert _build(capsys).endswith("; TensorRT 10.3.0.30 -> 8.6.2.3)")
+    assert engine_info(load_spec_file(sidecar_path(engine)), engine).tensorrt_version == "8.6.2.3"
+    assert _build(capsys, "--force").endswith("built (fp16 engine of gesture_detector.onnx; --force)")
+
+    # run without --engine on this Jetson opens it; by name it is found too
+    jetson = detect_board(board_files(tmp_path / "root", ORIN_NANO), machine="aarch64")
+    path, line = default_engine(jetson)
+    assert path == str(engine) and "gesture_detector_fp16.trt with TensorRT" in line
+    assert resolve_model("gesture_detector_fp16.trt") == str(engine)
+    # an engine from another TensorRT is refused with the command that rebuilds it, which the CLI accepts
+    with pytest.raises(HagridEdgeError, match="rebuild it here: hagrid-edge build --model gesture_detector.onnx "
+                                              "--precision fp16$") as refused:
+        check_compatible(engine_info(load_spec_file(sidecar_path(engine)), engine), engine, "10.3.0.30", GPU, "8.7")
+    command = str(refused.value).rpartition("rebuild it here: ")[2]
+    args = build_parser().parse_args(shlex.split(command)[1:])
+    assert (args.model, args.precision) == (str(source), "fp16")
+
+
+def test_a_failed_rebuild_leaves_no_engine_that_looks_current(tmp_path, monkeypatch, capsys):
+    from hagrid_edge.cli import main as cli
+    from hagrid_edge.deploy.jetson.engine_cache import cached_engine, stale_reason
+    from hagrid_edge.paths import DEFAULT_MODELS
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    install(monkeypatch, "8.6.2.3")
+    _build(capsys)
+    engine = cached_engine("gesture_detector.onnx", "fp16")
+    install(monkeypatch, "10.3.0.30", fail_build=True)
+    assert cli(["build"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "could not build a fp16 engine" in err[0]
+    assert not sidecar_path(engine).exists()  # its record went first: the old engine is not taken for current
+    assert stale_reason(engine, DEFAULT_MODELS / "gesture_detector.onnx", "fp16", "8.6.2.3", GPU, "8.7") == \
+        "not built yet"
+
+
+def test_build_refuses_what_is_not_an_onnx(tmp_path, monkeypatch, capsys):
+    from hagrid_edge.cli import main as cli
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    install(monkeypatch, "10.3.0.30")
+    assert cli(["build", "--model", "gesture_detector_int8.tflite"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hagrid-edge build: error: --model ") and "not an ONNX file" in err and "\n" not in err

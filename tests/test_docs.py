@@ -192,7 +192,7 @@ def test_a_bad_flag_subcommand_or_path_is_caught(tmp_path: Path) -> None:
         f"{page}:3: `hagrid-edge run --engine assets/models/gesture_detector.onnx --source usb://0 "
         "--no-such-flag   # a flag run lacks`: hagrid-edge run has no flag --no-such-flag",
         f"{page}:5: `deploy/rpi/emulate.sh --cpu pi5 -- hagrid-edge evaluate --model X`: hagrid-edge has no "
-        "subcommand 'evaluate' (it has data, eval, calibrate, train, export, bench, run)",
+        "subcommand 'evaluate' (it has data, eval, calibrate, train, export, bench, run, build, doctor)",
         f"{page}:6: `python quantize/calibrate.py --subset --model DET.onnx --out OUT --max-drop-pct 1`: "
         "quantize/calibrate.py has no flag --max-drop-pct",
         f"{page}:11: `python deploy/jetson/build_engine.py --onnx X --dla 0`: deploy/jetson/build_engine.py has "

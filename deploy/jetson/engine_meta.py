@@ -11,9 +11,12 @@ from __future__ import annotations
 import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hagrid_edge.errors import HagridEdgeError
-from hagrid_edge.spec import ModelSpec
+
+if TYPE_CHECKING:  # the CLI's parser reads PRECISIONS: no numpy at import
+    from hagrid_edge.spec import ModelSpec
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -31,6 +34,13 @@ class EngineInfo:
     dla_core: int | None = None  # the DLA core it was built for; the runtime loads it onto the same core
 
     def rebuild_command(self, engine: str | Path) -> str:
+        from hagrid_edge.deploy.jetson.engine_cache import cached_engine
+        from hagrid_edge.paths import DEFAULT_MODELS
+
+        if Path(engine) == cached_engine(self.source_onnx, self.precision) and self.dla_core is None:
+            source = Path(self.source_onnx)  # a shipped model by its name: the folder moves with an upgrade
+            model = source.name if source.parent == DEFAULT_MODELS else self.source_onnx
+            return shlex.join(["hagrid-edge", "build", "--model", model, "--precision", self.precision])
         cmd = ["python", "deploy/jetson/build_engine.py", "--onnx", self.source_onnx,
                "--precision", self.precision, "--out", str(engine)]
         if self.calibration_cache:
@@ -53,6 +63,8 @@ def engine_info(spec: ModelSpec, engine: str | Path) -> EngineInfo:
 
 def with_engine_info(spec: ModelSpec, info: EngineInfo) -> ModelSpec:
     """A copy of ``spec`` carrying ``info`` in its provenance."""
+    from hagrid_edge.spec import ModelSpec
+
     return ModelSpec.from_dict({**spec.to_dict(), "provenance": {**spec.provenance, "engine": asdict(info)}})
 
 

@@ -7,6 +7,7 @@ import json
 from collections.abc import Sequence
 
 from hagrid_edge.flags import positive_int
+from hagrid_edge.paths import resolve_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,8 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "detector + crop classifier, a classifier (F1) or a hand landmark model "
                                    "(mean point error where the annotations have landmarks, agreement with "
                                    "--reference) on real HaGRID images.")
-    p.add_argument("--model", required=True, help="artifact: .onnx (and other formats as installed)")
-    p.add_argument("--classifier", help="hand-crop classifier run on every detected hand (two-stage)")
+    p.add_argument("--model", required=True, type=resolve_model,
+                   help="artifact: .onnx (and other formats as installed); a path, or a shipped model's name")
+    p.add_argument("--classifier", type=resolve_model,
+                   help="hand-crop classifier run on every detected hand (two-stage)")
     p.add_argument("--data", required=True, help="HaGRID data root")
     p.add_argument("--split", default="val", help="annotation split (default: val)")
     p.add_argument("--task", choices=("gestures", "hands"), default="gestures",
@@ -25,12 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=positive_int, help="score only the first N images, N >= 1")
     p.add_argument("--spec", help="spec file for a model with none embedded or beside it")
     p.add_argument("--classifier-spec", help="spec file for the classifier")
-    p.add_argument("--reference", metavar="FILE",
+    p.add_argument("--reference", metavar="FILE", type=resolve_model,
                    help="hand landmark models: a second landmark model (e.g. hand_landmark_full.tflite) to "
                         "measure agreement with, in pixels, on the same hand crops")
-    p.add_argument("--compare", metavar="MODEL",
+    p.add_argument("--compare", metavar="MODEL", type=resolve_model,
                    help="a second detector scored on the same photos (its difference is paired)")
-    p.add_argument("--compare-classifier", metavar="FILE", help="crop classifier behind --compare")
+    p.add_argument("--compare-classifier", metavar="FILE", type=resolve_model, help="crop classifier behind --compare")
     p.add_argument("--bootstrap", type=int, default=0, metavar="N",
                    help="95%% intervals from N resamples of the split's users (images where it has no "
                         "user ids); with --compare, the interval of the difference on the same draws")
