@@ -168,3 +168,31 @@ def test_wheel_runs_the_default_without_engine_from_anywhere(wheel_venv, tmp_pat
     default = next(li for li in doctor.stdout.splitlines() if li.split()[1] == "default:")
     assert default.startswith("ok ") and f"{venv}" in default and "shipped_models/gesture_detector.onnx" in default
 
+
+
+# ---- the emulated Pi: a Pi's own userland under qemu, its device tree naming the Pi 5 / Pi 4 -------
+@pytest.mark.parametrize("cpu, model", [("pi5", "gesture_detector_int8.tflite"), ("pi4", "gesture_detector_fp16.tflite")])
+def test_emulated_pi_runs_its_default_and_doctor_says_so(tmp_path, cpu, model):
+    from test_emulate import built_userland
+
+    built_userland(cpu)
+    emulate = [sys.executable, "-m", "hagrid_edge.deploy.rpi.emulate", "--cpu", cpu, "--"]
+    events = tmp_path / "pi.jsonl"
+    pi = subprocess.run([*emulate, "hagrid-edge", "run", "--source", str(PHOTOS), "--headless", "--events", str(events)],
+                        capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+    assert pi.returncode == 0, pi.stderr
+    assert f", so {model} with LiteRT (" in pi.stderr.splitlines()[0]
+    host = subprocess.run([sys.executable, "-m", "hagrid_edge.cli", "run", "--engine", model, "--source", str(PHOTOS),
+                           "--headless", "--events", str(tmp_path / "x86.jsonl")], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=600)
+    assert host.returncode == 0, host.stderr
+    assert _events(events) == _events(tmp_path / "x86.jsonl") and len(_events(events)) > 20
+
+    doctor = subprocess.run([*emulate, "hagrid-edge", "doctor"], capture_output=True, text=True, cwd=REPO_ROOT,
+                            timeout=600)
+    lines = {li.split()[1].rstrip(":"): li for li in doctor.stdout.splitlines()}
+    assert doctor.returncode == 0, doctor.stdout + doctor.stderr  # no picamera2 in Debian: the camera alone
+    assert lines["board"].startswith(f"ok      board: Raspberry Pi {cpu[-1]} Model B")
+    assert lines["default"].startswith("ok ") and f"shipped_models/{model} with LiteRT" in lines["default"]
+    assert lines["picamera2"].startswith("problem picamera2: import failed: ModuleNotFoundError")
+    assert lines["picamera2"].endswith("; fix: sudo apt-get install -y python3-picamera2")

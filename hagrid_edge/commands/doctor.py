@@ -2,7 +2,9 @@
 
 One line per item, ``ok`` or ``problem`` first, then the item's name and what was found; a problem
 line ends with ``fix: ...``. The last line sums up; the exit status is 1 when a problem blocks
-``hagrid-edge run`` on this board (its default pipeline, its camera), 0 otherwise. Every library is
+``hagrid-edge run`` itself (numpy, OpenCV, the default pipeline's model or runtime), 0 otherwise: a
+camera problem (picamera2, no GStreamer for ``csi://`` on a Jetson, no camera) is a problem line that
+leaves files, streams and other cameras running. Every library is
 imported inside its check, so one that fails to import is its own line, never a traceback.
 """
 
@@ -146,15 +148,16 @@ def _system_site() -> bool:
 
 
 def _import(module: str, item: str, board: Board) -> tuple[Any, Check]:
-    """Import ``module``; a failure of any kind is a problem line with its fix (blocking where it is needed)."""
+    """Import ``module``; a failure of any kind is a problem line with its fix. numpy and OpenCV block every
+    run; picamera2 only the Pi's camera (files, USB cameras and streams still run)."""
     try:
         mod = importlib.import_module(module)
     except Exception as e:
-        needed = module in ("numpy", "cv2") or (module == "picamera2" and board.kind == "pi")
-        if isinstance(e, ModuleNotFoundError) and e.name == module and not needed:
+        blocks = module in ("numpy", "cv2")
+        if isinstance(e, ModuleNotFoundError) and e.name == module and not blocks and board.kind != "pi":
             return None, Check(item, "not installed (not needed: no Raspberry Pi camera here)")
         return None, Check(item, f"import failed: {type(e).__name__}: {first_line(e)}", import_fix(module, e, board),
-                           blocks=needed)
+                           blocks=blocks)
     return mod, Check(item, getattr(mod, "__version__", "imported"))
 
 
@@ -191,7 +194,6 @@ def _opencv(board: Board) -> Check:
         check.found += " (csi:// needs GStreamer)"
         check.fix = ("pip uninstall -y opencv-python-headless  (JetPack's OpenCV has GStreamer)" if system_cv2
                      else "sudo apt-get install -y nvidia-opencv")
-        check.blocks = True
     elif gui == "NONE" and (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         check.found += "; on a desktop: no window will open"
         if system_cv2 and pip_headless:
