@@ -113,8 +113,9 @@ def password_warning(target: MqttTarget) -> str | None:
             f"(ps); set ${PASSWORD_ENV} instead")
 
 
-def connect(target: MqttTarget, client_id: str, will: tuple[str, str] | None = None) -> Any:
-    """A paho client connected to the broker and accepted by it (CONNACK), its network loop not started.
+def connect(target: MqttTarget, client_id: str, will: tuple[str, str] | None = None, reserve: int = 0) -> Any:
+    """A paho client connected to the broker and accepted by it (CONNACK), its network loop not started;
+    its queue holds ``target.queue`` events and ``reserve`` more messages (discovery, availability).
 
     Raises ``HagridEdgeError`` naming the URI: a host that does not resolve, a broker that cannot be
     reached or does not answer within ``CONNECT_TIMEOUT_S``, a connection the broker refuses.
@@ -123,7 +124,7 @@ def connect(target: MqttTarget, client_id: str, will: tuple[str, str] | None = N
     where = f"--events {target.display}"
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311)
     client.connect_timeout = CONNECT_TIMEOUT_S
-    client.max_queued_messages_set(target.queue)
+    client.max_queued_messages_set(target.queue + reserve)
     client.reconnect_delay_set(*RECONNECT_S)
     user, password = target.credentials()
     if user is not None:
@@ -211,7 +212,8 @@ class MqttEvents:
         self._drop_logged = False
         mqtt = _paho()
         self._queue_full = mqtt.MQTT_ERR_QUEUE_SIZE
-        self._client = connect(self.target, client_id or f"hagrid-edge-{socket.gethostname()}-{os.getpid()}", will)
+        self._client = connect(self.target, client_id or f"hagrid-edge-{socket.gethostname()}-{os.getpid()}", will,
+                               reserve=len(self._birth) + 1)  # events never crowd out discovery or "offline"
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
@@ -264,10 +266,11 @@ class MqttEvents:
 
     # ---- the run loop -----------------------------------------------------------------------------
     def write(self, event: GestureEvent | SourceEvent) -> None:
-        info = self._publish(self.target.topic, json.dumps(event.to_dict()), retain=False, event=True)
-        if info.rc != self._queue_full:
-            self._accepted += 1
-            return
+        if self.pending < self.target.queue:
+            info = self._publish(self.target.topic, json.dumps(event.to_dict()), retain=False, event=True)
+            if info.rc != self._queue_full:
+                self._accepted += 1
+                return
         self.stats.dropped += 1
         if not self._drop_logged:
             self._drop_logged = True
