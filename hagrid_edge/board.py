@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import platform
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,10 @@ PI_FP16 = "gesture_detector_fp16.tflite"  # Pi 4 and older: no int8 dot product,
 # No QDQ ONNX of the one-stage detector ships (its INT8 lost 0.83 mAP50-95 on new people): FP16 engine.
 JETSON_PRECISION = "fp16"
 PI_MODEL = re.compile(r"Raspberry Pi (?:Compute Module |Zero )?(\d)")
+# What an extension module built against numpy 1 raises under numpy 2 (picamera2's simplejpeg, apt's cv2).
+NUMPY_ABI = ("numpy.dtype size changed", "compiled using NumPy 1.x", "_ARRAY_API",
+             "numpy.core.multiarray failed to import")
+NUMPY_1 = "pip install 'numpy<2'"
 
 
 @dataclass(frozen=True)
@@ -93,3 +98,28 @@ def default_engine(board: Board) -> tuple[str, str]:
         raise HagridEdgeError(f"no --engine: the default model {chosen.path} is missing; reinstall hagrid-edge")
     return str(chosen.path), (f"no --engine: {board.describe()}, so {chosen.path.name} with {chosen.runtime} "
                               f"({chosen.why})")
+
+
+def import_fix(module: str, error: BaseException, board: Board) -> str:
+    """The one fix for a failed import of a board's system module (numpy, cv2, picamera2)."""
+    text = str(error)
+    if any(mark in text for mark in NUMPY_ABI):  # built against numpy 1, run under numpy 2
+        return NUMPY_1
+    if module == "picamera2":
+        if isinstance(error, ModuleNotFoundError) and sys.prefix != sys.base_prefix and not _system_site():
+            return ("this venv cannot see the system's packages: make it again with python3 -m venv "
+                    "--system-site-packages")
+        return "sudo apt-get install -y python3-picamera2"
+    if module == "cv2" and board.kind == "jetson":
+        return "sudo apt-get install -y nvidia-opencv"
+    return f"pip install --force-reinstall {'opencv-python-headless' if module == 'cv2' else module}"
+
+
+def _system_site() -> bool:
+    """Whether this venv was made with --system-site-packages (pyvenv.cfg)."""
+    cfg = Path(sys.prefix) / "pyvenv.cfg"
+    try:
+        text = cfg.read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return re.search(r"^include-system-site-packages\s*=\s*true", text, re.M | re.I) is not None

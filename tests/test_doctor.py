@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from conftest import missing
 
-from hagrid_edge.board import detect_board
-from hagrid_edge.commands.doctor import NUMPY_1, build_info, import_fix, numpy_shadowed
+from hagrid_edge.board import NUMPY_1, detect_board, import_fix
+from hagrid_edge.commands.doctor import build_info, numpy_shadowed
 from hagrid_edge.paths import DEFAULT_MODELS, REPO_ROOT
 from hagrid_edge.quantize.tflite_env import env_dir
 

@@ -13,18 +13,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from hagrid_edge.board import Board
+from hagrid_edge.board import NUMPY_1, Board, import_fix
 from hagrid_edge.errors import HagridEdgeError, first_line
 
-NUMPY_ABI = ("numpy.dtype size changed", "compiled using NumPy 1.x", "_ARRAY_API",
-             "numpy.core.multiarray failed to import")
-NUMPY_1 = "pip install 'numpy<2'"
 KINDS = {"pi": "a Raspberry Pi", "jetson": "a Jetson", "x86_64": "an x86_64 machine", "other": "no board we know"}
 
 
@@ -120,31 +116,6 @@ def numpy_shadowed(version: str, location: Path, path: list[str]) -> tuple[str, 
             if (dist.metadata["Name"] or "").lower() == "numpy" and other.split(".")[0] == "1":
                 return other, folder
     return None
-
-
-def import_fix(module: str, error: BaseException, board: Board) -> str:
-    """The one fix for a failed import of a board's system module (numpy, cv2, picamera2)."""
-    text = str(error)
-    if any(mark in text for mark in NUMPY_ABI):  # built against numpy 1, run under numpy 2
-        return NUMPY_1
-    if module == "picamera2":
-        if isinstance(error, ModuleNotFoundError) and sys.prefix != sys.base_prefix and not _system_site():
-            return ("this venv cannot see the system's packages: make it again with python3 -m venv "
-                    "--system-site-packages")
-        return "sudo apt-get install -y python3-picamera2"
-    if module == "cv2" and board.kind == "jetson":
-        return "sudo apt-get install -y nvidia-opencv"
-    return f"pip install --force-reinstall hagrid-edge  (then run hagrid-edge doctor again; {module} failed)"
-
-
-def _system_site() -> bool:
-    """Whether this venv was made with --system-site-packages (pyvenv.cfg)."""
-    cfg = Path(sys.prefix) / "pyvenv.cfg"
-    try:
-        text = cfg.read_text(encoding="utf-8")
-    except OSError:
-        return False
-    return re.search(r"^include-system-site-packages\s*=\s*true", text, re.M | re.I) is not None
 
 
 def _import(module: str, item: str, board: Board) -> tuple[Any, Check]:
