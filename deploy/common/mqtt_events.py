@@ -209,7 +209,8 @@ class MqttEvents:
         self._claimed: dict[int, bool] = {}  # published, not yet acknowledged: mid -> is an event
         self._early: set[int] = set()  # acknowledged before publish() returned
         self._closing = False
-        self._drop_logged = False
+        self._drop_logged = False  # one warning per time the queue fills
+        self._dropped_at_loss = 0
         mqtt = _paho()
         self._queue_full = mqtt.MQTT_ERR_QUEUE_SIZE
         self._client = connect(self.target, client_id or f"hagrid-edge-{socket.gethostname()}-{os.getpid()}", will,
@@ -254,11 +255,12 @@ class MqttEvents:
             log.warning("--events %s: the broker refused the reconnection (%s); trying again", self.name, reason)
             return
         self.stats.reconnects += 1
-        self._drop_logged = False
-        log.info("--events %s: reconnected to the broker; %d queued events are being sent", self.name, self.pending)
+        log.info("--events %s: reconnected to the broker; %d queued events are being sent, %d were dropped meanwhile",
+                 self.name, self.pending, self.stats.dropped - self._dropped_at_loss)
         self._publish_birth()
 
     def _on_disconnect(self, _client: Any, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        self._dropped_at_loss = self.stats.dropped
         if not self._closing:
             why = "" if str(reason) == "Unspecified error" else f" ({reason})"  # paho's word for a closed socket
             log.warning("--events %s: lost the broker%s; reconnecting with back-off (%d-%d s), keeping up to %d "
@@ -270,6 +272,7 @@ class MqttEvents:
             info = self._publish(self.target.topic, json.dumps(event.to_dict()), retain=False, event=True)
             if info.rc != self._queue_full:
                 self._accepted += 1
+                self._drop_logged = False
                 return
         self.stats.dropped += 1
         if not self._drop_logged:
