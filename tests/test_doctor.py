@@ -109,3 +109,21 @@ def test_import_failures_name_their_fix():
     abi = ValueError("numpy.dtype size changed, may indicate binary incompatibility. Expected 96 from C header, "
                      "got 88 from PyObject")
     assert import_fix("picamera2", abi, board) == NUMPY_1
+
+
+def test_on_a_jetson_without_tensorrt_or_an_engine_doctor_names_both_fixes(tmp_path, monkeypatch):
+    """This machine's real modules, judged as a Jetson's (its board files under a root folder): TensorRT is
+    needed there and absent here, and no engine is built in an empty cache."""
+    from test_board_defaults import ORIN_NANO, board_files
+
+    from hagrid_edge.commands.doctor import diagnose
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # as on this machine, whatever else is installed
+    checks = {c.item: c for c in diagnose(detect_board(board_files(tmp_path / "root", ORIN_NANO), machine="aarch64"))}
+    assert checks["board"].line() == "ok      board: NVIDIA Jetson Orin Nano Developer Kit (aarch64): a Jetson"
+    assert checks["tensorrt"].blocks and checks["tensorrt"].line() == (
+        "problem tensorrt: not installed; fix: sudo apt-get install -y python3-libnvinfer  (in a venv made with "
+        "--system-site-packages)")
+    assert checks["default"].blocks and checks["default"].line().endswith(", not built yet; fix: hagrid-edge build")
+    assert not checks["onnxruntime"].fix and not checks["numpy"].fix  # installed and fine here too
