@@ -10,6 +10,7 @@ from typing import NoReturn
 
 from hagrid_edge import __version__
 from hagrid_edge.errors import HagridEdgeError, MissingExtra
+from hagrid_edge.system_modules import import_system_module
 
 # Subcommand modules, in the order ``--help`` lists them, and the extra each needs beyond the core
 # install (the runtime: run, eval, bench, data); setup.cfg's [options.extras_require] defines them.
@@ -25,6 +26,8 @@ COMMANDS = (
     ("hagrid_edge.commands.doctor", ""),
 )
 COMMAND_EXTRA = {module.rpartition(".")[2]: extra for module, extra in COMMANDS}
+# What a board runs, with OpenCV (a board's own, from apt or JetPack, may be built for another numpy).
+OPENCV_COMMANDS = ("run", "eval", "bench")
 # Optional packages a core command may reach (a plot, a model format) -> the extra that installs them.
 PACKAGE_EXTRA = {"torch": "train", "torchvision": "train", "tensorboard": "train", "onnx": "quantize",
                  "onnxsim": "quantize", "onnxscript": "quantize", "ai_edge_quantizer": "quantize", "matplotlib": "plots",
@@ -68,6 +71,8 @@ def os_error_line(e: OSError) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in OPENCV_COMMANDS:  # a broken OpenCV: one line with its fix, not numpy's page and a stack
+            import_system_module("cv2")
         return int(args.func(args) or 0)
     except ModuleNotFoundError as e:
         print(f"hagrid-edge {args.command}: error: {missing_package(args.command, e)}", file=sys.stderr)

@@ -144,6 +144,21 @@ def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # nothing built for a command that cannot run
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--guide"], "--guide and --home go with --userland bookworm-system"),
+    (["--userland", "bookworm-system", "--count-to", "m.txt", "--guide"], "--count-to counts on the wheels userland"),
+    (["--userland", "bookworm-system"], "runs --guide or a command after --, one of them"),
+    (["--userland", "bookworm-system", "--guide", "--", "bash"], "runs --guide or a command after --, one of them"),
+])
+def test_system_userland_options_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HAGRID_EDGE_PI_CACHE": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "hagrid_edge.deploy.rpi.emulate", "--cpu", "pi5", *args],
+                          capture_output=True, text=True, env=env, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("emulate: ") and message in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---- marker parsing -----------------------------------------------------------------------------
 def test_tags_round_trip() -> None:
     assert untag(tag(3, 517, INFER_END)) == (3, 517, INFER_END)

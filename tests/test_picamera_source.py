@@ -197,3 +197,35 @@ def test_run_on_the_pi_camera(palm_bgr: np.ndarray, hand_detector: Path, crop_cl
     assert [(e["event"], e["gesture"]) for e in events] == [("start", "palm"), ("end", "palm")]
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["stopped_by"] == "--max-frames 6" and summary["read_errors"] == 0
+
+
+SIMPLEJPEG_UNDER_NUMPY_2 = ("numpy.dtype size changed, may indicate binary incompatibility. Expected 96 from C header, "
+                            "got 88 from PyObject")
+
+
+def test_a_picamera2_that_fails_to_import_is_one_line_with_its_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Not only ImportError: Raspberry Pi OS's picamera2 under a pip numpy 2 raises ValueError from simplejpeg
+    (the real failure of Debian's own OpenCV is tested on the emulated Raspberry Pi OS, tests/test_pi_guide.py)."""
+    package = tmp_path / "picamera2"
+    package.mkdir()
+    (package / "__init__.py").write_text(f"import sys\nprint('a page from numpy, with a stack', file=sys.stderr)\n"
+                                         f"raise ValueError({SIMPLEJPEG_UNDER_NUMPY_2!r})\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "picamera2", raising=False)
+    with pytest.raises(HagridEdgeError) as failed:
+        PicameraSource("csi://0", 0).open()
+    assert str(failed.value) == (f"--source csi://0: picamera2 cannot be imported (ValueError: {SIMPLEJPEG_UNDER_NUMPY_2})"
+                                 "; fix: pip install 'numpy<2' (deploy/rpi/README.md)")
+    assert capsys.readouterr().err == ""  # numpy's page is held back
+
+
+def test_a_missing_picamera2_is_one_line_with_its_fix(tmp_path: Path, hand_detector: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "picamera2", None)  # import picamera2 -> ModuleNotFoundError
+    rc = main(["run", "--engine", str(hand_detector), "--source", "csi://0", "--headless", "--max-frames", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1, err
+    assert err[0].startswith("hagrid-edge run: error: --source csi://0: picamera2 cannot be imported "
+                             "(ModuleNotFoundError: import of picamera2 halted; None in sys.modules); fix: ")

@@ -10,17 +10,26 @@ Everything is built once and cached under ``$HAGRID_EDGE_PI_CACHE`` (default
 ``~/.cache/hagrid-edge``): the userland (keyed by its package list, requirements-pi.txt and the
 CPU profiles), the project's own files (keyed by their content) and the counting plugin. Each is
 built in a temporary folder and renamed into place when complete, so a failed build leaves nothing.
+
+``--userland bookworm-system`` is the other userland: Raspberry Pi OS as a user meets it, Debian 12
+arm64 with the apt packages the Pi guide installs (``python3-numpy`` 1.24, ``python3-opencv`` 4.6,
+``python3-venv``; Debian has no picamera2) and no wheels of ours. The guide's own commands run in it
+(``--guide``: ``guide_commands.py`` extracts them from deploy/rpi/README.md) under PRoot, which starts
+every program the commands start (pip, the venv's scripts) through qemu, with no binfmt and no root.
 """
 
 from __future__ import annotations
 
 import argparse
 import configparser
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -29,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from hagrid_edge.deploy.rpi import guide_commands as guide
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.paths import REPO_ROOT
 
@@ -48,6 +58,24 @@ PLUGIN_TOOLS = {"gcc": "gcc", "tar": "tar", "xz": "xz-utils", "dpkg-query": "dpk
 LAYOUT_VERSION = 1  # bump when the cached layout changes
 STALE_PROJECT_S = 24 * 3600
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+
+# ---- the Raspberry Pi OS-like userland (--userland bookworm-system) -----------------------------
+SYSTEM_USERLAND = "bookworm-system"
+SYSTEM_TOOLS = {**HOST_TOOLS, "proot": "proot"}
+# Besides the guide's apt packages: the shell its commands run in, du, /etc/os-release.
+SYSTEM_BASE_PACKAGES = ("bash", "coreutils", "base-files")
+# Packages of the guide's apt step this userland goes without, and why.
+SYSTEM_SKIPPED = {"python3-picamera2": "not in Debian (Raspberry Pi's own archive carries it)",
+                  "git": "the guide's clone is replaced by a copy of the working tree"}
+# What maintainer scripts would have made (--variant=extract runs none): libblas3's / liblapack3's
+# update-alternatives links (numpy loads them) and dash's /bin/sh.
+SYSTEM_LINKS = {"usr/lib/aarch64-linux-gnu/libblas.so.3": "blas/libblas.so.3",
+                "usr/lib/aarch64-linux-gnu/liblapack.so.3": "lapack/liblapack.so.3", "bin/sh": "bash"}
+GUEST_HOME = "/home/pi"
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")  # the host's network is the guest's: its CAs too
+# Host environment the guest keeps (the network's proxies); everything else is a fresh login's.
+GUEST_PASS_ENV = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "TERM")
+FACCESSAT2 = 439  # the syscall number on x86_64 and aarch64 hosts alike
 
 
 @dataclass(frozen=True)
@@ -211,6 +239,13 @@ def _build_atomically(final: Path, build) -> Path:
 
 
 # ---- the userland -------------------------------------------------------------------------------
+def _mmdebstrap(what: str, packages: Sequence[str], rootfs: Path) -> None:
+    """Debian 12 arm64's ``packages`` and their dependencies, extracted into ``rootfs`` (no maintainer scripts)."""
+    _run(f"mmdebstrap (Debian 12 arm64{what})",
+         ["mmdebstrap", "--quiet", "--arch=arm64", "--variant=extract", f"--include={','.join(packages)}",
+          SUITE, str(rootfs), MIRROR])
+
+
 def _write_cpu_prefixes(tmp: Path) -> None:
     """One qemu -L prefix per CPU: links to the shared root file system plus that CPU's /proc/cpuinfo."""
     rootfs = tmp / "rootfs"
@@ -249,9 +284,7 @@ def build_userland(requirements: Sequence[str] | None = None) -> Path:
 
     def build(tmp: Path) -> None:
         print(f"emulate: building the Pi userland in {final} (once)", file=sys.stderr, flush=True)
-        _run("mmdebstrap (Debian 12 arm64)",
-             ["mmdebstrap", "--quiet", "--arch=arm64", "--variant=extract", f"--include={','.join(DEB_PACKAGES)}",
-              SUITE, str(tmp / "rootfs"), MIRROR])
+        _mmdebstrap("", DEB_PACKAGES, tmp / "rootfs")
         if not (tmp / "rootfs" / GUEST_PYTHON).is_file():
             raise HagridEdgeError(f"mmdebstrap finished but {GUEST_PYTHON} is missing from the arm64 root")
         pip = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
@@ -321,6 +354,132 @@ def install_project(userland: Path) -> Path:
     project = _build_atomically(final, build)
     os.utime(project)
     return project
+
+
+# ---- the Raspberry Pi OS-like userland -----------------------------------------------------------
+def system_packages(guide_apt: Sequence[str]) -> list[str]:
+    """Its Debian packages: the base ones and the guide's apt step, less those Debian lacks."""
+    return list(dict.fromkeys([*SYSTEM_BASE_PACKAGES, *(p for p in guide_apt if p not in SYSTEM_SKIPPED)]))
+
+
+def system_userland_key(packages: Sequence[str]) -> str:
+    return _digest(str(LAYOUT_VERSION), SYSTEM_USERLAND, SUITE, MIRROR, *packages,
+                   *(f"{link}->{target}" for link, target in sorted(SYSTEM_LINKS.items())),
+                   *(p.cpuinfo() for p in CPUS.values()))
+
+
+def build_system_userland(packages: Sequence[str]) -> Path:
+    """The cached Raspberry Pi OS-like userland (built on first use): rootfs/ and a cpuinfo-<cpu> per Pi CPU."""
+    final = cache_root() / f"pi-system-{system_userland_key(packages)}"
+    if final.is_dir():
+        return final
+    ensure_host_tools(SYSTEM_TOOLS)
+
+    def build(tmp: Path) -> None:
+        print(f"emulate: building the Raspberry Pi OS-like userland in {final} (once)", file=sys.stderr, flush=True)
+        rootfs = tmp / "rootfs"
+        _mmdebstrap(", the Pi guide's apt packages", packages, rootfs)
+        for link, target in SYSTEM_LINKS.items():
+            path = rootfs / link
+            if (path.parent / target).exists() and not path.is_symlink() and not path.exists():
+                path.symlink_to(target)
+        for folder in (GUEST_HOME.lstrip("/"), "etc/ssl/certs"):
+            (rootfs / folder).mkdir(parents=True, exist_ok=True)
+        for profile in CPUS.values():
+            (tmp / f"cpuinfo-{profile.name}").write_text(profile.cpuinfo(), encoding="ascii")
+        facts = {"suite": SUITE, "debian_packages": list(packages), "skipped": SYSTEM_SKIPPED,
+                 "links": SYSTEM_LINKS, "cpus": {p.name: p.qemu_cpu for p in CPUS.values()}}
+        (tmp / "userland.json").write_text(json.dumps(facts, indent=1) + "\n", encoding="utf-8")
+
+    return _build_atomically(final, build)
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+class FaccessAt2Enosys:
+    """A ``preexec_fn`` making faccessat2 fail with ENOSYS in the child's process tree (a seccomp filter).
+
+    PRoot 5.1 (Debian 12) does not translate faccessat2, which qemu uses for the guest's access checks,
+    so the host's path was checked instead of the guest's (bash found no script of the venv on PATH);
+    with ENOSYS, libc falls back to calls PRoot translates. Built in the parent, installed in the child.
+    """
+
+    def __init__(self) -> None:
+        code = b"".join(struct.pack("HBBI", *ins) for ins in (
+            (0x20, 0, 0, 0),  # load the system call number
+            (0x15, 0, 1, FACCESSAT2),  # faccessat2?
+            (0x06, 0, 0, 0x00050000 | errno.ENOSYS),  # yes: fail with ENOSYS
+            (0x06, 0, 0, 0x7FFF0000)))  # no: allow
+        self._code = ctypes.create_string_buffer(code, len(code))
+        self._prog = _SockFprog(len(code) // 8, ctypes.addressof(self._code))
+        self._prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def __call__(self) -> None:
+        # PR_SET_NO_NEW_PRIVS (38), then PR_SET_SECCOMP (22) with SECCOMP_MODE_FILTER (2)
+        if self._prctl(38, 1, 0, 0, 0) != 0 or self._prctl(22, 2, ctypes.byref(self._prog), 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "cannot install the seccomp filter PRoot needs")
+
+
+def system_argv(userland: Path, cpu: CpuProfile, home: Path, command: Sequence[str]) -> list[str]:
+    """PRoot into the userland, every guest program started through qemu with ``cpu`` pinned; the host
+    folder ``home`` is the guest's /home/pi, the host's network settings and CA bundle are the guest's."""
+    tools = {name: shutil.which(name) for name in ("proot", "qemu-aarch64")}
+    absent = [name for name, path in tools.items() if path is None]
+    if absent:
+        raise HagridEdgeError(f"{' and '.join(absent)} not installed (Debian packages proot, qemu-user)")
+    binds = ["/dev", "/proc", "/sys", f"{userland / f'cpuinfo-{cpu.name}'}:/proc/cpuinfo", f"{home.resolve()}:{GUEST_HOME}"]
+    binds += [f"{path}:{path}" for path in ("/etc/resolv.conf", "/etc/hosts", HOST_CA_BUNDLE) if Path(path).is_file()]
+    argv = [str(tools["proot"]), "-q", f"{tools['qemu-aarch64']} -cpu {cpu.qemu_cpu}", "-r", str(userland / "rootfs"),
+            "-w", GUEST_HOME]
+    for bind in binds:
+        argv += ["-b", bind]
+    return argv + list(command)
+
+
+def system_env() -> dict[str, str]:
+    """A fresh login's environment on the Pi, plus the host's proxies."""
+    env = {k: v for k, v in os.environ.items() if k in GUEST_PASS_ENV}
+    env.update(HOME=GUEST_HOME, USER="pi", LOGNAME="pi", SHELL="/bin/bash", LANG="C.UTF-8",
+               PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    return env
+
+
+def run_system(userland: Path, cpu: CpuProfile, home: Path, command: Sequence[str],
+               capture: bool = False) -> subprocess.CompletedProcess:
+    """Run a guest program (``/bin/bash ...``) in the Raspberry Pi OS-like userland, in ``home``."""
+    if not command:
+        raise HagridEdgeError("no command: give one after --, e.g. -- bash -c 'python3 --version'")
+    try:
+        return subprocess.run(system_argv(userland, cpu, home, command), env=system_env(),
+                              preexec_fn=FaccessAt2Enosys(), capture_output=capture, text=True, check=False)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise HagridEdgeError(f"cannot start PRoot for the emulated Raspberry Pi OS ({e})") from None
+
+
+def copy_working_tree(dest: Path) -> None:
+    """The repository as a clone has it plus the uncommitted work: files git tracks or would (not ignored)."""
+    listed = _run("git ls-files (the working tree to copy)",
+                  ["git", "-C", str(REPO_ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"])
+    for rel in listed.split("\0"):
+        src = REPO_ROOT / rel
+        if rel and src.is_file():  # a tracked file deleted in the working tree is not copied
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
+def run_guide(cpu: CpuProfile, home: Path, capture: bool = False) -> subprocess.CompletedProcess:
+    """The Pi guide's commands (guide_commands.py), from ``home`` in the Raspberry Pi OS-like userland,
+    the working tree copied where the guide's clone would be."""
+    blocks = guide.read_blocks()
+    userland = build_system_userland(system_packages(guide.apt_packages(blocks)))
+    clone = home / guide.CLONE_DIR
+    if clone.exists():
+        raise HagridEdgeError(f"{clone}: already there (the guide clones into it): give --home an empty folder")
+    copy_working_tree(clone)
+    (home / "pi-guide.sh").write_text(guide.emulated_script(blocks), encoding="utf-8")
+    return run_system(userland, cpu, home, ["/bin/bash", f"{GUEST_HOME}/pi-guide.sh"], capture)
 
 
 # ---- the counting plugin ------------------------------------------------------------------------
@@ -422,6 +581,24 @@ def run(cpu: CpuProfile, command: Sequence[str], count_to: Path | None = None) -
     return code
 
 
+def _main_system(args: argparse.Namespace, cpu: CpuProfile, command: list[str]) -> int:
+    if args.count_to:
+        raise HagridEdgeError(f"--count-to counts on the wheels userland, not on {SYSTEM_USERLAND}")
+    if args.build_only:
+        userland = build_system_userland(system_packages(guide.apt_packages(guide.read_blocks())))
+        print(f"emulate: userland {userland}", file=sys.stderr)
+        return 0
+    if args.guide == bool(command):
+        raise HagridEdgeError(f"--userland {SYSTEM_USERLAND} runs --guide or a command after --, one of them")
+    home = args.home or Path(tempfile.mkdtemp(prefix="hagrid-edge-pi-home."))
+    home.mkdir(parents=True, exist_ok=True)
+    print(f"emulate: {GUEST_HOME} is {home}", file=sys.stderr, flush=True)
+    if args.guide:
+        return run_guide(cpu, home).returncode
+    userland = build_system_userland(system_packages(guide.apt_packages(guide.read_blocks())))
+    return run_system(userland, cpu, home, command).returncode
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="deploy/rpi/emulate.sh",
@@ -430,14 +607,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog="Example: deploy/rpi/emulate.sh --cpu pi5 -- hagrid-edge eval --model M.tflite --data D --json. "
                f"Cache: ${CACHE_ENV} (default ~/.cache/hagrid-edge).")
     p.add_argument("--cpu", required=True, choices=sorted(CPUS), help="pi5: Cortex-A76; pi4: Cortex-A72")
+    p.add_argument("--userland", choices=("wheels", SYSTEM_USERLAND), default="wheels",
+                   help="wheels (default): Debian's Python + the aarch64 wheels of requirements-pi.txt; "
+                        f"{SYSTEM_USERLAND}: Raspberry Pi OS as a user has it (Debian's python3-numpy, "
+                        "python3-opencv, python3-venv), for the Pi guide's own commands")
     p.add_argument("--build-only", action="store_true", help="build (or check) the cached userland and plugin, "
                                                              "run nothing")
     p.add_argument("--count-to", metavar="FILE", help="count guest instructions between markers into FILE")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- hagrid-edge ... | -- python ...")
+    p.add_argument("--guide", action="store_true", help=f"{SYSTEM_USERLAND}: run the Pi guide's install and first "
+                                                        "run (deploy/rpi/README.md) in --home")
+    p.add_argument("--home", metavar="DIR", type=Path,
+                   help=f"{SYSTEM_USERLAND}: the host folder the guest sees as {GUEST_HOME} (default: a new one)")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- hagrid-edge ... | -- python ... "
+                                                             f"({SYSTEM_USERLAND}: any program, e.g. -- bash -c ...)")
     args = p.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     try:
         cpu = cpu_profile(args.cpu)
+        if args.userland == SYSTEM_USERLAND:
+            return _main_system(args, cpu, command)
+        if args.guide or args.home:
+            raise HagridEdgeError(f"--guide and --home go with --userland {SYSTEM_USERLAND}")
         if args.build_only:
             userland = build_userland()
             install_project(userland)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from hagrid_edge.errors import HagridEdgeError
+from hagrid_edge.system_modules import import_system_module
 
 READ_TIMEOUT_S = 2.0  # many frame periods, even at a low frame rate or a long exposure
 
@@ -30,11 +31,10 @@ class PicameraSource:
         self._cam: Any = None
 
     def open(self) -> None:
-        try:
-            from picamera2 import Picamera2
-        except ImportError:
-            raise HagridEdgeError(f"--source {self.uri}: picamera2 is not installed (on Raspberry Pi OS: "
-                                  "apt-get install python3-picamera2); see deploy/rpi/README.md") from None
+        try:  # any failure is one line with its fix: not installed, or built for another numpy than the venv's
+            Picamera2 = import_system_module("picamera2").Picamera2
+        except HagridEdgeError as e:
+            raise HagridEdgeError(f"--source {self.uri}: {e} (deploy/rpi/README.md)") from None
         self.close()
         try:
             cam = Picamera2(self.camera)
