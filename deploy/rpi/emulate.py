@@ -11,11 +11,12 @@ Everything is built once and cached under ``$HAGRID_EDGE_PI_CACHE`` (default
 CPU profiles), the project's own files (keyed by their content) and the counting plugin. Each is
 built in a temporary folder and renamed into place when complete, so a failed build leaves nothing.
 
-``--userland bookworm-system`` is the other userland: Raspberry Pi OS as a user meets it, Debian 12
-arm64 with the apt packages the Pi guide installs (``python3-numpy`` 1.24, ``python3-opencv`` 4.6,
-``python3-venv``; Debian has no picamera2) and no wheels of ours. The guide's own commands run in it
-(``--guide``: ``guide_commands.py`` extracts them from deploy/rpi/README.md) under PRoot, which starts
-every program the commands start (pip, the venv's scripts) through qemu, with no binfmt and no root.
+``--userland bookworm-system`` (or ``trixie-system``) is the other userland: Raspberry Pi OS as a user
+meets it, Debian 12 (13) arm64 with the apt packages the Pi guide installs (``python3-numpy`` 1.24 / 2.2,
+``python3-opencv`` 4.6 / 4.10, ``python3-venv``; Debian has no picamera2) and no wheels of ours. The
+guide's own commands run in it (``--guide``: ``guide_commands.py`` extracts them from
+deploy/rpi/README.md) under PRoot, which starts every program the commands start (pip, the venv's
+scripts) through qemu, with no binfmt and no root.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ LAYOUT_VERSION = 1  # bump when the cached layout changes
 STALE_PROJECT_S = 24 * 3600
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
-# ---- the Raspberry Pi OS-like userland (--userland bookworm-system) -----------------------------
-SYSTEM_USERLAND = "bookworm-system"
+# ---- the Raspberry Pi OS-like userlands (--userland bookworm-system / trixie-system) -------------
+# Raspberry Pi OS releases as a user has them -> the Debian release each is made of.
+SYSTEM_USERLANDS = {"bookworm-system": "bookworm", "trixie-system": "trixie"}
 SYSTEM_TOOLS = {**HOST_TOOLS, "proot": "proot"}
 # Besides the guide's apt packages: the shell its commands run in, du, /etc/os-release.
 SYSTEM_BASE_PACKAGES = ("bash", "coreutils", "base-files")
@@ -239,11 +241,11 @@ def _build_atomically(final: Path, build) -> Path:
 
 
 # ---- the userland -------------------------------------------------------------------------------
-def _mmdebstrap(what: str, packages: Sequence[str], rootfs: Path) -> None:
-    """Debian 12 arm64's ``packages`` and their dependencies, extracted into ``rootfs`` (no maintainer scripts)."""
-    _run(f"mmdebstrap (Debian 12 arm64{what})",
+def _mmdebstrap(what: str, packages: Sequence[str], rootfs: Path, suite: str = SUITE) -> None:
+    """Debian arm64's ``packages`` and their dependencies, extracted into ``rootfs`` (no maintainer scripts)."""
+    _run(f"mmdebstrap (Debian {suite} arm64{what})",
          ["mmdebstrap", "--quiet", "--arch=arm64", "--variant=extract", f"--include={','.join(packages)}",
-          SUITE, str(rootfs), MIRROR])
+          suite, str(rootfs), MIRROR])
 
 
 def _write_cpu_prefixes(tmp: Path) -> None:
@@ -362,23 +364,25 @@ def system_packages(guide_apt: Sequence[str]) -> list[str]:
     return list(dict.fromkeys([*SYSTEM_BASE_PACKAGES, *(p for p in guide_apt if p not in SYSTEM_SKIPPED)]))
 
 
-def system_userland_key(packages: Sequence[str]) -> str:
-    return _digest(str(LAYOUT_VERSION), SYSTEM_USERLAND, SUITE, MIRROR, *packages,
+def system_userland_key(name: str, packages: Sequence[str]) -> str:
+    return _digest(str(LAYOUT_VERSION), name, SYSTEM_USERLANDS[name], MIRROR, *packages,
                    *(f"{link}->{target}" for link, target in sorted(SYSTEM_LINKS.items())),
                    *(p.cpuinfo() for p in CPUS.values()))
 
 
-def build_system_userland(packages: Sequence[str]) -> Path:
-    """The cached Raspberry Pi OS-like userland (built on first use): rootfs/ and a cpuinfo-<cpu> per Pi CPU."""
-    final = cache_root() / f"pi-system-{system_userland_key(packages)}"
+def build_system_userland(name: str, packages: Sequence[str]) -> Path:
+    """The cached Raspberry Pi OS-like userland ``name`` (built on first use): rootfs/, a cpuinfo-<cpu> per Pi CPU."""
+    suite = SYSTEM_USERLANDS[name]
+    final = cache_root() / f"pi-system-{system_userland_key(name, packages)}"
     if final.is_dir():
         return final
     ensure_host_tools(SYSTEM_TOOLS)
 
     def build(tmp: Path) -> None:
-        print(f"emulate: building the Raspberry Pi OS-like userland in {final} (once)", file=sys.stderr, flush=True)
+        print(f"emulate: building the Raspberry Pi OS-like userland {name} in {final} (once)", file=sys.stderr,
+              flush=True)
         rootfs = tmp / "rootfs"
-        _mmdebstrap(", the Pi guide's apt packages", packages, rootfs)
+        _mmdebstrap(", the Pi guide's apt packages", packages, rootfs, suite)
         for link, target in SYSTEM_LINKS.items():
             path = rootfs / link
             if (path.parent / target).exists() and not path.is_symlink() and not path.exists():
@@ -387,7 +391,7 @@ def build_system_userland(packages: Sequence[str]) -> Path:
             (rootfs / folder).mkdir(parents=True, exist_ok=True)
         for profile in CPUS.values():
             (tmp / f"cpuinfo-{profile.name}").write_text(profile.cpuinfo(), encoding="ascii")
-        facts = {"suite": SUITE, "debian_packages": list(packages), "skipped": SYSTEM_SKIPPED,
+        facts = {"suite": suite, "debian_packages": list(packages), "skipped": SYSTEM_SKIPPED,
                  "links": SYSTEM_LINKS, "cpus": {p.name: p.qemu_cpu for p in CPUS.values()}}
         (tmp / "userland.json").write_text(json.dumps(facts, indent=1) + "\n", encoding="utf-8")
 
@@ -469,11 +473,16 @@ def copy_working_tree(dest: Path) -> None:
             shutil.copy2(src, dest / rel)
 
 
-def run_guide(cpu: CpuProfile, home: Path, capture: bool = False) -> subprocess.CompletedProcess:
-    """The Pi guide's commands (guide_commands.py), from ``home`` in the Raspberry Pi OS-like userland,
+def system_userland(name: str) -> Path:
+    """The Raspberry Pi OS-like userland ``name`` with the Pi guide's apt packages (built on first use)."""
+    return build_system_userland(name, system_packages(guide.apt_packages(guide.read_blocks())))
+
+
+def run_guide(name: str, cpu: CpuProfile, home: Path, capture: bool = False) -> subprocess.CompletedProcess:
+    """The Pi guide's commands (guide_commands.py), from ``home`` in the Raspberry Pi OS-like userland ``name``,
     the working tree copied where the guide's clone would be."""
     blocks = guide.read_blocks()
-    userland = build_system_userland(system_packages(guide.apt_packages(blocks)))
+    userland = system_userland(name)
     clone = home / guide.CLONE_DIR
     if clone.exists():
         raise HagridEdgeError(f"{clone}: already there (the guide clones into it): give --home an empty folder")
@@ -583,20 +592,18 @@ def run(cpu: CpuProfile, command: Sequence[str], count_to: Path | None = None) -
 
 def _main_system(args: argparse.Namespace, cpu: CpuProfile, command: list[str]) -> int:
     if args.count_to:
-        raise HagridEdgeError(f"--count-to counts on the wheels userland, not on {SYSTEM_USERLAND}")
+        raise HagridEdgeError(f"--count-to counts on the wheels userland, not on {args.userland}")
     if args.build_only:
-        userland = build_system_userland(system_packages(guide.apt_packages(guide.read_blocks())))
-        print(f"emulate: userland {userland}", file=sys.stderr)
+        print(f"emulate: userland {system_userland(args.userland)}", file=sys.stderr)
         return 0
     if args.guide == bool(command):
-        raise HagridEdgeError(f"--userland {SYSTEM_USERLAND} runs --guide or a command after --, one of them")
+        raise HagridEdgeError(f"--userland {args.userland} runs --guide or a command after --, one of them")
     home = args.home or Path(tempfile.mkdtemp(prefix="hagrid-edge-pi-home."))
     home.mkdir(parents=True, exist_ok=True)
     print(f"emulate: {GUEST_HOME} is {home}", file=sys.stderr, flush=True)
     if args.guide:
-        return run_guide(cpu, home).returncode
-    userland = build_system_userland(system_packages(guide.apt_packages(guide.read_blocks())))
-    return run_system(userland, cpu, home, command).returncode
+        return run_guide(args.userland, cpu, home).returncode
+    return run_system(system_userland(args.userland), cpu, home, command).returncode
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -607,27 +614,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog="Example: deploy/rpi/emulate.sh --cpu pi5 -- hagrid-edge eval --model M.tflite --data D --json. "
                f"Cache: ${CACHE_ENV} (default ~/.cache/hagrid-edge).")
     p.add_argument("--cpu", required=True, choices=sorted(CPUS), help="pi5: Cortex-A76; pi4: Cortex-A72")
-    p.add_argument("--userland", choices=("wheels", SYSTEM_USERLAND), default="wheels",
-                   help="wheels (default): Debian's Python + the aarch64 wheels of requirements-pi.txt; "
-                        f"{SYSTEM_USERLAND}: Raspberry Pi OS as a user has it (Debian's python3-numpy, "
-                        "python3-opencv, python3-venv), for the Pi guide's own commands")
+    p.add_argument("--userland", choices=("wheels", *SYSTEM_USERLANDS), default="wheels",
+                   help="wheels (default): Debian 12's Python + the aarch64 wheels of requirements-pi.txt; "
+                        f"{' / '.join(SYSTEM_USERLANDS)}: Raspberry Pi OS Bookworm / Trixie as a user has it "
+                        "(Debian's python3-numpy, python3-opencv, python3-venv), for the Pi guide's own commands")
     p.add_argument("--build-only", action="store_true", help="build (or check) the cached userland and plugin, "
                                                              "run nothing")
     p.add_argument("--count-to", metavar="FILE", help="count guest instructions between markers into FILE")
-    p.add_argument("--guide", action="store_true", help=f"{SYSTEM_USERLAND}: run the Pi guide's install and first "
+    p.add_argument("--guide", action="store_true", help="the -system userlands: run the Pi guide's install and first "
                                                         "run (deploy/rpi/README.md) in --home")
     p.add_argument("--home", metavar="DIR", type=Path,
-                   help=f"{SYSTEM_USERLAND}: the host folder the guest sees as {GUEST_HOME} (default: a new one)")
+                   help=f"the -system userlands: the host folder the guest sees as {GUEST_HOME} (default: a new one)")
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- hagrid-edge ... | -- python ... "
-                                                             f"({SYSTEM_USERLAND}: any program, e.g. -- bash -c ...)")
+                                                             "(the -system userlands: any program, e.g. -- bash -c ...)")
     args = p.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     try:
         cpu = cpu_profile(args.cpu)
-        if args.userland == SYSTEM_USERLAND:
+        if args.userland in SYSTEM_USERLANDS:
             return _main_system(args, cpu, command)
         if args.guide or args.home:
-            raise HagridEdgeError(f"--guide and --home go with --userland {SYSTEM_USERLAND}")
+            raise HagridEdgeError(f"--guide and --home go with --userland {' or '.join(SYSTEM_USERLANDS)}")
         if args.build_only:
             userland = build_userland()
             install_project(userland)
