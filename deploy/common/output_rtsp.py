@@ -78,7 +78,8 @@ class RtspOutput:
         address = resolve(target)
         self._proc = subprocess.Popen([str(gst_python()), str(SERVER_SCRIPT), "--host", address, "--port",
                                        str(target.port), "--path", target.path, "--fps", str(round(fps))],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      start_new_session=True)  # a terminal's Ctrl-C stops the run, which stops it
         self._errors: collections.deque[str] = collections.deque(maxlen=1)  # its last stderr line
         self._stderr_done = threading.Event()
         lines: queue.Queue[bytes] = queue.Queue()
