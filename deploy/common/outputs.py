@@ -1,4 +1,5 @@
-"""What a run produces: annotated frames (window and/or video file) and an events JSONL.
+"""What a run produces: annotated frames (window and/or video file) and an events JSONL; ``--output`` URIs
+(the file, RTSP, the live page) are dispatched by ``output_uris.py``.
 
 Events are appended to their file (or stdout) line by line as they happen, so a run that is killed
 keeps every event it reported. The video is encoded beside its final name and renamed into place
@@ -122,7 +123,7 @@ class VideoOutput:
 
     def __init__(self, path: str | Path, fps: float) -> None:
         check_video_path(path)
-        self.path, self.fps = Path(path), fps
+        self.uri, self.path, self.fps = str(path), Path(path), fps
         # OpenCV picks the container from the file name, so encode under a name that keeps the suffix.
         self._encoding = self.path.with_name(f".{self.path.name}.{os.getpid()}.part{self.path.suffix}")
         self._writer: cv2.VideoWriter | None = None
@@ -130,6 +131,9 @@ class VideoOutput:
         self._next_check = 0.0
         self.frames = 0
         self.failed = False
+
+    def wants_frames(self) -> bool:
+        return True  # every frame, in order
 
     def write(self, bgr: np.ndarray) -> None:
         if self._writer is None:

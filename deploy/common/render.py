@@ -1,7 +1,9 @@
-"""Annotated frames: drawn and written to the video on a render thread, shown on the main thread.
+"""Annotated frames: drawn and handed to the outputs on a render thread, shown on the main thread.
 
 Drawing and encoding are slow enough to overlap with inference, so they run on their own thread
-fed by a small bounded queue (in order, nothing dropped: the video gets every frame). OpenCV's
+fed by a small bounded queue (in order, nothing dropped: a video file gets every frame; the network
+outputs of ``output_uris.py`` take the newest and encode on their own threads). A frame nobody
+needs (network outputs without a viewer, no file, no window) is not drawn. OpenCV's
 HighGUI is not thread-safe (Qt wants its own thread), so the window is only ever touched from the
 thread that calls ``Window.poll``: the main one.
 """
@@ -10,13 +12,15 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from hagrid_edge.deploy.common.capture import FrameBuffer
-from hagrid_edge.deploy.common.outputs import VideoOutput, annotate
+from hagrid_edge.deploy.common.output_uris import FrameSink
+from hagrid_edge.deploy.common.outputs import annotate
 from hagrid_edge.deploy.common.summary import StageStats
 from hagrid_edge.landmarks import HandLandmarks
 from hagrid_edge.processing import Detections
@@ -61,11 +65,11 @@ class Window:
 
 
 class Renderer:
-    """Draws frames and writes the video on its own thread, in order, with a small bounded queue."""
+    """Draws frames and hands them to the outputs on its own thread, in order, with a small bounded queue."""
 
-    def __init__(self, video: VideoOutput | None, window: Window | None, stop: threading.Event, queue_size: int,
+    def __init__(self, sinks: Sequence[FrameSink], window: Window | None, stop: threading.Event, queue_size: int,
                  times: StageStats, min_presence: float = 0.5) -> None:
-        self.video, self.window, self.stop, self.times = video, window, stop, times
+        self.sinks, self.window, self.stop, self.times = list(sinks), window, stop, times
         self.min_presence = min_presence
         self.buffer = FrameBuffer(queue_size, drop_oldest=False)
         self.error: BaseException | None = None
@@ -92,9 +96,12 @@ class Renderer:
             assert isinstance(item, RenderItem)
             t0 = time.perf_counter()
             try:
+                targets = [sink for sink in self.sinks if sink.wants_frames()]
+                if not targets and self.window is None:
+                    continue
                 bgr = annotate(item.image, item.dets, item.ids, item.fps, item.stage_ms, item.hands, self.min_presence)
-                if self.video is not None:
-                    self.video.write(bgr)
+                for sink in targets:
+                    sink.write(bgr)
                 if self.window is not None:
                     self.window.offer(bgr)
             except BaseException as e:  # handed to the main thread, which raises it

@@ -26,9 +26,13 @@ import numpy as np
 
 from hagrid_edge.deploy.common.capture import Capture, Frame, SourceEvent
 from hagrid_edge.deploy.common.debounce import DebounceConfig, GestureEvent
+from hagrid_edge.deploy.common.event_sinks import EventSink, open_events
 from hagrid_edge.deploy.common.gestures import Gestures
+from hagrid_edge.deploy.common.homeassistant import HomeAssistant
 from hagrid_edge.deploy.common.hooks import HOOK_TIMEOUT_S, MAX_RUNNING, Hooks
-from hagrid_edge.deploy.common.outputs import EventsOutput, VideoOutput, check_video_path
+from hagrid_edge.deploy.common.mqtt_events import MqttEvents, MqttStats
+from hagrid_edge.deploy.common.output_uris import NetworkOutput, open_output, parse_outputs
+from hagrid_edge.deploy.common.outputs import VideoOutput
 from hagrid_edge.deploy.common.render import Renderer, RenderItem, Window
 from hagrid_edge.deploy.common.sources import FrameSource
 from hagrid_edge.deploy.common.summary import Summary
@@ -53,8 +57,9 @@ class RunOptions:
     debounce: DebounceConfig = field(default_factory=DebounceConfig)
     track_iou: float = 0.3
     track_max_age: int = 5
-    output: str | None = None  # annotated video
-    events: str | None = None  # JSONL file, or "-" for stdout
+    output: str | list[str] | None = None  # annotated video file and/or stream URIs (output_uris.py)
+    events: str | list[str] | None = None  # JSONL file, "-" for stdout, mqtt://...; one or a list
+    homeassistant: HomeAssistant | None = None  # discovery messages on the mqtt:// events URI
     hooks: list[str] = field(default_factory=list)
     show: bool = False  # on-screen window
     output_fps: float | None = None  # default: the source's, else 30
@@ -82,7 +87,7 @@ class Models:
 
 
 class Outputs:
-    """Everything a run writes: events (file or stdout), hooks, the annotated video and the window.
+    """Everything a run writes: events (files, stdout, MQTT), hooks, the annotated video and the window.
 
     Events reach their file as they happen; the video is renamed into place when ``stack`` closes,
     whether the run ended well or not (``VideoOutput``); hooks are closed last, within their bound.
@@ -93,27 +98,31 @@ class Outputs:
         self.summary = summary
         self.hooks = Hooks(opts.hooks, opts.hook_timeout, opts.max_hooks)  # checked before any file is made
         stack.callback(self.hooks.close)  # last to close: the files are in place before hooks are waited for
-        self.video = None
-        if opts.output:
-            self.video = VideoOutput(opts.output, opts.output_fps or source_fps or 30.0)
-            stack.callback(self.video.close)
-        self.events = None
-        if opts.events:
-            self.events = EventsOutput(opts.events)
-            stack.callback(self.events.close)
+        self.sinks = []  # video files and servers (RTSP, the live page), in --output order
+        for target in parse_outputs(opts.output):
+            self.sinks.append(open_output(target, opts.output_fps or source_fps or 30.0, summary.live))
+            stack.callback(self.sinks[-1].close)
+        self.video = next((s for s in self.sinks if isinstance(s, VideoOutput)), None)
+        self.network: list[NetworkOutput] = [s for s in self.sinks if not isinstance(s, VideoOutput)]  # type: ignore[misc]
+        self.events: list[EventSink] = []
+        for uri in [opts.events] if isinstance(opts.events, str) else opts.events or []:
+            self.events.append(open_events(uri, opts.homeassistant))
+            stack.callback(self.events[-1].close)
         self.window = Window(stop) if opts.show else None
         if self.window is not None:
             stack.callback(self.window.close)
         self.renderer = None
-        if self.video is not None or self.window is not None:
-            self.renderer = Renderer(self.video, self.window, stop, opts.queue_size, summary.stages["render"])
+        if self.sinks or self.window is not None:
+            self.renderer = Renderer(self.sinks, self.window, stop, opts.queue_size, summary.stages["render"])
             stack.callback(self.renderer.close)
 
     def emit(self, events: list[GestureEvent | SourceEvent]) -> None:
         self.summary.count_events(events)
         for event in events:
-            if self.events is not None:
-                self.events.write(event)
+            for sink in self.events:
+                sink.write(event)
+            for server in self.network:  # the live page shows them
+                server.publish(event)
             self.hooks.fire(event)
 
     def render(self, frame: Frame, dets: Detections, ids: list[int], hands: HandLandmarks | None) -> None:
@@ -126,9 +135,20 @@ class Outputs:
             self.window.poll()
 
     def queues(self) -> dict[str, int]:
-        """Items waiting in the output queues (render, hooks)."""
+        """Items waiting in the output queues (render, hooks, and events for MQTT if any)."""
+        mqtt = [s.pending for s in self.events if isinstance(s, MqttEvents)]
         return {"render": len(self.renderer.buffer) if self.renderer is not None else 0,
-                "hooks": self.hooks.pending}
+                "hooks": self.hooks.pending, **({"mqtt": sum(mqtt)} if mqtt else {})}
+
+    def mqtt_stats(self) -> MqttStats | None:
+        """The MQTT sinks' counters, summed; None without one."""
+        sinks = [s for s in self.events if isinstance(s, MqttEvents)]
+        if not sinks:
+            return None
+        total = MqttStats()
+        for sink in sinks:
+            total.add(sink.stats)
+        return total
 
 
 class Watch:
@@ -173,8 +193,7 @@ def run_loop(pipeline: Pipeline, source: FrameSource, opts: RunOptions, stop: th
     whoever sets ``stop``, goes into the summary. A run that fails raises after closing its outputs
     (the events and video so far are kept); ``summary``, if given, then says so in ``stopped_by``.
     """
-    if opts.output:
-        check_video_path(opts.output)
+    parse_outputs(opts.output)  # a bad --output is refused before anything opens
     summary = summary if summary is not None else Summary(source.uri)
     models = Models(pipeline, landmarker)
     gestures = Gestures(opts.debounce, opts.track_iou, opts.track_max_age)
@@ -212,7 +231,9 @@ def run_loop(pipeline: Pipeline, source: FrameSource, opts: RunOptions, stop: th
         if outputs is not None:
             video = outputs.video
             summary.video_frames = video.frames if video is not None and not video.failed else 0
+            summary.outputs = {s.uri: s.stats() for s in outputs.network}
             summary.hooks = outputs.hooks.stats
+            summary.mqtt = outputs.mqtt_stats()
     return summary
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -18,6 +19,7 @@ import numpy as np
 from hagrid_edge.deploy.common.capture import SourceEvent
 from hagrid_edge.deploy.common.debounce import GestureEvent
 from hagrid_edge.deploy.common.hooks import HookStats
+from hagrid_edge.deploy.common.mqtt_events import MqttStats
 from hagrid_edge.pipeline import StageTimes
 
 PERCENTILES = (50, 90, 99)
@@ -54,7 +56,9 @@ class Summary:
         self.source_lost = self.stale = 0
         self.outage_s = 0.0  # live source lost: excluded from the frame rate
         self.video_frames = 0
+        self.outputs: dict[str, dict] = {}  # per RTSP / page --output: frames sent, dropped (slow or gone viewers)
         self.hooks = HookStats()  # hook calls started, skipped, timed out, killed, failed
+        self.mqtt: MqttStats | None = None  # events published, dropped, unsent, reconnects (mqtt:// events)
         self.events = 0
         self.starts: collections.Counter[str] = collections.Counter()
         self.stages = {s: StageStats() for s in STAGES}
@@ -96,6 +100,11 @@ class Summary:
         dt, self._last = max(now - self._last, 1e-9), now
         self.fps_now = 1.0 / dt if self.fps_now == 0.0 else 0.9 * self.fps_now + 0.1 / dt
 
+    def live(self) -> dict:
+        """The figures a live page shows: frame rate, frames, the newest frame's stage times (any thread)."""
+        last = dict(self.last_ms)  # one copy: the loop may add a stage meanwhile
+        return {"fps": round(self.fps_now, 2), "frames": self.frames, "stage_ms": {k: round(v, 2) for k, v in last.items()}}
+
     def finish(self) -> None:
         self.wall_s = time.perf_counter() - self._t0
 
@@ -125,7 +134,9 @@ class Summary:
                 "video_frames": self.video_frames, "hooks_started": self.hooks.started,
                 "hooks_skipped": self.hooks.skipped, "hooks_timed_out": self.hooks.timed_out,
                 "hooks_killed_at_end": self.hooks.killed_at_end, "hooks_failed": self.hooks.failed,
-                "stage_ms": {k: {m: round(v, 3) for m, v in d.items()} for k, d in self.percentiles_ms().items()}}
+                "stage_ms": {k: {m: round(v, 3) for m, v in d.items()} for k, d in self.percentiles_ms().items()},
+                **({"mqtt": dataclasses.asdict(self.mqtt)} if self.mqtt is not None else {}),
+                **({"outputs": self.outputs} if self.outputs else {})}
 
     def format(self) -> str:
         outage = f", {self.outage_s:.1f} s of it without a source" if self.outage_s else ""
@@ -141,6 +152,12 @@ class Summary:
         if h.started or h.skipped:
             lines.append(f"  hooks started {h.started}, skipped {h.skipped}, timed out {h.timed_out}, killed at the "
                          f"end {h.killed_at_end}, failed {h.failed}")
+        if self.mqtt is not None:
+            m = self.mqtt
+            lines.append(f"  mqtt events published {m.published}, dropped (queue full) {m.dropped}, unsent at the end "
+                         f"{m.unsent}, reconnects {m.reconnects}")
+        for uri, o in self.outputs.items():
+            lines.append(f"  {uri}: frames sent {o['frames_sent']}, dropped {o['frames_dropped']} (a viewer or encoder behind)")
         table = self.percentiles_ms()
         if table:
             heads = ("p50", "p90", "p99", "mean")

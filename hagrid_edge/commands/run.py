@@ -12,8 +12,11 @@ import sys
 import threading
 from collections.abc import Iterator
 
+from hagrid_edge.deploy.common.homeassistant import HomeAssistant, default_node_id
 from hagrid_edge.deploy.common.hooks import HOOK_TIMEOUT_S, MAX_RUNNING, SHUTDOWN_GRACE_S
+from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.flags import non_negative_int, positive_float, positive_int, ranged, unit_interval
+from hagrid_edge.paths import resolve_model
 
 # Debounce (N of the last M frames start a gesture, K without end it): frames of a video or camera,
 # or stills (an image folder: each photo is its own scene).
@@ -31,20 +34,37 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "(LiteRT) or .onnx (ONNX Runtime) artifact, alone or as hand detector + crop "
                                    "classifier; track hands, debounce gestures into events, write an annotated "
                                    "video and an events JSONL, run hooks on gestures.")
-    p.add_argument("--engine", required=True, help="detector artifact: .trt/.engine, .tflite or .onnx")
-    p.add_argument("--classifier", help="hand-crop gesture classifier run on every detected hand (two-stage)")
+    p.add_argument("--engine", type=resolve_model,
+                   help="detector artifact: .trt/.engine, .tflite or .onnx; a path, or a shipped model's name "
+                        "(default: this board's main pipeline: gesture_detector.onnx on x86_64, its INT8 .tflite "
+                        "on a Pi 5 and other Arm boards, FP16 .tflite on a Pi 4, the engine of hagrid-edge build "
+                        "on a Jetson)")
+    p.add_argument("--classifier", type=resolve_model,
+                   help="hand-crop gesture classifier run on every detected hand (two-stage)")
     p.add_argument("--spec", help="spec file for an engine with none embedded or beside it")
     p.add_argument("--classifier-spec", help="spec file for the classifier")
-    p.add_argument("--landmarks", nargs="?", const="", metavar="FILE",
+    p.add_argument("--landmarks", nargs="?", const="", metavar="FILE", type=resolve_model,
                    help="also find 21 hand landmarks on every hand (MediaPipe's hand landmark model; without "
                         "FILE the shipped assets/models/hand_landmark_lite.tflite, which needs the [tflite] extra)")
     p.add_argument("--source", required=True,
                    help="csi://N, usb://N, /dev/videoN, rtsp://..., a video file, an image folder, or - (stdin)")
-    p.add_argument("--output", help="annotated video (.mp4, .avi, .mkv, .mov); renamed into place when the run "
-                                    "ends, also after an error (an earlier file is kept if the video cannot be "
-                                    "written whole, e.g. on a full disk)")
-    p.add_argument("--events", help="gesture events as JSON lines (- for stdout), each written as it happens: a "
-                                    "run that is killed keeps every event it reported")
+    p.add_argument("--output", action="append", metavar="FILE_OR_URI",
+                   help="annotated video (.mp4, .avi, .mkv, .mov), renamed into place when the run ends, also after "
+                        "an error (an earlier file is kept if the video cannot be written whole, e.g. on a full "
+                        "disk); rtsp://[HOST][:PORT]/PATH: serve it as H.264 over RTSP (no HOST: every interface; "
+                        "port 8554); http://[HOST][:PORT]: a live page with the video, the events, FPS and stage "
+                        "times (no HOST: 127.0.0.1 only, http://0.0.0.0:PORT for the network; port 8080). "
+                        "Repeatable. A slow or absent viewer never slows the run: it misses frames (counted)")
+    p.add_argument("--events", action="append", metavar="FILE_OR_URI",
+                   help="gesture events as JSON lines (- for stdout), each written as it happens: a run that is "
+                        "killed keeps every event it reported; or mqtt://[user[:pass]@]HOST[:PORT]/TOPIC[?queue=N]: "
+                        "one message per event, QoS 1 (the password from $HAGRID_EDGE_MQTT_PASSWORD when set; needs "
+                        "the [mqtt] extra). Repeatable")
+    p.add_argument("--homeassistant", nargs="?", const="homeassistant", metavar="PREFIX",
+                   help="with one --events mqtt://...: publish Home Assistant MQTT discovery (retained) so every "
+                        "gesture is a device trigger of a hagrid-edge device (discovery prefix: default homeassistant)")
+    p.add_argument("--ha-node-id", metavar="ID",
+                   help="the Home Assistant device's id in discovery topics (default: this host's name)")
     p.add_argument("--summary", help="also write the run summary as JSON to this file (also when the run fails)")
     p.add_argument("--headless", action="store_true", help="never open a window (the default without a display)")
     p.add_argument("--threads", type=positive_int, help="runtime threads (ONNX Runtime / LiteRT XNNPACK), >= 1")
@@ -84,24 +104,41 @@ def register(sub: argparse._SubParsersAction) -> None:
 def check_paths(args: argparse.Namespace) -> None:
     """Refuse outputs that are inputs (or each other), folders, or in places that cannot be written,
     before any model is loaded or any file is touched."""
+    from hagrid_edge.deploy.common.output_uris import parse_outputs
     from hagrid_edge.paths import check_output_path, refuse_same_file
 
     inputs = [("--engine", args.engine), ("--classifier", args.classifier), ("--spec", args.spec),
               ("--classifier-spec", args.classifier_spec), ("--landmarks", args.landmarks or None)]
     if args.source != "-" and "://" not in args.source and not args.source.startswith("/dev/"):
         inputs.append(("--source", args.source))
-    outputs = [(flag, path) for flag, path in (("--output", args.output), ("--summary", args.summary),
-                                                 ("--events", args.events if args.events != "-" else None)) if path]
+    events = [("--events", uri) for uri in args.events or [] if uri != "-" and "://" not in uri]
+    files = [("--output", t.path) for t in parse_outputs(args.output) if t.scheme == "file"]
+    outputs = files + [(flag, path) for flag, path in (("--summary", args.summary),) if path] + events
     for k, (flag, path) in enumerate(outputs):
         refuse_same_file(flag, path, inputs + outputs[:k])
         check_output_path(flag, path)
+
+
+def check_events_args(args: argparse.Namespace) -> HomeAssistant | None:
+    """The ``--events`` URIs and ``--homeassistant``: each broker connected to once, so that a wrong URI, a
+    broker away or refused credentials end the run at start, in one line."""
+    from hagrid_edge.deploy.common.event_sinks import check_events
+
+    if args.ha_node_id is not None and args.homeassistant is None:
+        raise HagridEdgeError(f"--ha-node-id {args.ha_node_id}: only with --homeassistant")
+    homeassistant = None
+    if args.homeassistant is not None:
+        homeassistant = HomeAssistant(args.homeassistant, args.ha_node_id or default_node_id())
+    check_events(args.events or [], homeassistant)
+    return homeassistant
 
 
 def run(args: argparse.Namespace) -> int:
     import cv2
 
     from hagrid_edge.deploy.common.debounce import DebounceConfig
-    from hagrid_edge.deploy.common.outputs import check_video_path, has_display
+    from hagrid_edge.deploy.common.output_uris import check_output, parse_outputs
+    from hagrid_edge.deploy.common.outputs import has_display
     from hagrid_edge.deploy.common.runner import RunOptions, run_loop
     from hagrid_edge.deploy.common.sources import ImageFolderSource, parse_source
     from hagrid_edge.deploy.common.summary import Summary
@@ -115,9 +152,17 @@ def run(args: argparse.Namespace) -> int:
     if logging.getLogger().handlers == []:
         logging.basicConfig(level=logging.INFO, format="hagrid-edge run: %(message)s", stream=sys.stderr)
     log = logging.getLogger("hagrid_edge.run")
-    if args.output:
-        check_video_path(args.output)
+    if args.engine is None:
+        from hagrid_edge.board import default_engine, detect_board
+
+        if args.classifier:
+            raise HagridEdgeError("--classifier needs --engine (the hand detector it runs behind)")
+        args.engine, why = default_engine(detect_board())
+        log.info("%s", why)
+    for target in parse_outputs(args.output):  # a server's host resolves, its port is free
+        check_output(target.uri)
     check_paths(args)
+    homeassistant = check_events_args(args)  # brokers answer before any model loads
     show = not args.headless and has_display()
     if not args.headless and not show and os.environ.get("DISPLAY"):
         log.info("this OpenCV has no GUI (opencv-python-headless): running headless")
@@ -130,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     n, m, k = STILLS_DEBOUNCE if isinstance(source, ImageFolderSource) else VIDEO_DEBOUNCE
     debounce = DebounceConfig(_given(args.debounce_n, n), _given(args.debounce_m, m), _given(args.debounce_k, k))
     opts = RunOptions(debounce=debounce, track_iou=args.track_iou, track_max_age=args.track_max_age, output=args.output,
-                      events=args.events, hooks=args.on_gesture, show=show, output_fps=args.output_fps,
+                      events=args.events, homeassistant=homeassistant, hooks=args.on_gesture, show=show, output_fps=args.output_fps,
                       max_frames=args.max_frames, status_every=args.status_every, hook_timeout=args.hook_timeout,
                       max_hooks=args.max_hooks)
     source.open()
@@ -149,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         raise
     if args.summary:  # before printing: a closed stdout must not cost the summary file
         write_text_atomic(args.summary, json.dumps(summary.to_dict(), indent=1) + "\n")
-    print(summary.format(), file=sys.stderr if args.events == "-" else sys.stdout, flush=True)
+    print(summary.format(), file=sys.stderr if "-" in (args.events or []) else sys.stdout, flush=True)
     return 0
 
 
