@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 # everything the tests need (runtime + every stage), at the versions of the lock (scripts/lock.sh renews it)
-.venv/bin/pip install -q -c requirements/x86_64-py311.txt -e ".[dev,tflite,train,quantize]"
+.venv/bin/pip install -q -c requirements/x86_64-py311.txt -e ".[dev,tflite,train,quantize,mqtt]"
 OUT=${1:-runs/demo}
 mkdir -p "$OUT"
 M=assets/models

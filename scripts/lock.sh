@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 uv=${UV:-.venv/bin/uv}
 compile() { "$uv" pip compile --quiet --no-header --upgrade -c requirements/constraints.in "$@"; }
-compile setup.cfg --extra dev --extra tflite --extra train --extra quantize \
+compile setup.cfg --extra dev --extra tflite --extra train --extra quantize --extra mqtt \
     --python-version 3.11 --python-platform x86_64-manylinux_2_28 -o requirements/x86_64-py311.txt
 compile setup.cfg --extra jetson --python-version 3.8 --python-platform aarch64-manylinux_2_28 \
     -o requirements/aarch64-py38.txt
