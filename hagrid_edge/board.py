@@ -104,6 +104,8 @@ def import_fix(module: str, error: BaseException, board: Board) -> str:
     """The one fix for a failed import of a board's system module (numpy, cv2, picamera2)."""
     text = str(error)
     if any(mark in text for mark in NUMPY_ABI):  # built against numpy 1, run under numpy 2
+        if board.kind == "pi" and _system_site():  # the venv's numpy hides Raspberry Pi OS's: drop it
+            return "pip uninstall -y numpy (the venv's numpy hides the system's, which its modules are built against)"
         return NUMPY_1
     if module == "picamera2":
         if isinstance(error, ModuleNotFoundError) and sys.prefix != sys.base_prefix and not _system_site():
@@ -112,6 +114,8 @@ def import_fix(module: str, error: BaseException, board: Board) -> str:
         return "sudo apt-get install -y python3-picamera2"
     if module == "cv2" and board.kind == "jetson":
         return "sudo apt-get install -y nvidia-opencv"
+    if module == "cv2" and board.kind == "pi":
+        return "sudo apt-get install -y python3-opencv"
     return f"pip install --force-reinstall {'opencv-python-headless' if module == 'cv2' else module}"
 
 

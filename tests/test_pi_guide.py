@@ -278,4 +278,5 @@ def test_a_broken_opencv_or_picamera2_is_one_line_with_its_fix(guide_home: Guide
     broken = _guest(name, home, f"{run} --source {SAMPLE}")
     assert broken.returncode == 1 and broken.stderr.count("\n") == 1, broken.stderr[-2000:]
     assert broken.stderr == ("hagrid-edge run: error: cv2 cannot be imported (ImportError: numpy.core.multiarray "
-                             "failed to import); fix: pip install 'numpy<2'\n")
+                             "failed to import); fix: pip uninstall -y numpy (the venv's numpy hides the "
+                             "system's, which its modules are built against)\n")
