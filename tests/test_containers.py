@@ -39,3 +39,14 @@ def test_every_copy_source_exists_and_is_in_the_context(dockerfile: Path) -> Non
 def test_dev_image_and_jetpack6_image() -> None:
     assert [p.name for p in DOCKERFILES] == ["Dockerfile", "Dockerfile.jetson"]
     assert "ARG L4T_JETPACK=nvcr.io/nvidia/l4t-jetpack:r36." in (REPO_ROOT / "docker" / "Dockerfile.jetson").read_text()
+
+
+def test_jetson_image_installs_as_the_guide_keeping_jetpacks_numpy_and_opencv() -> None:
+    """pip's OpenCV and numpy 2 would hide JetPack's cv2 (GStreamer) and break TensorRT's bindings."""
+    text = (REPO_ROOT / "docker" / "Dockerfile.jetson").read_text()
+    guide = (REPO_ROOT / "deploy" / "jetson" / "README.md").read_text()
+    for line in ("-c deploy/jetson/constraints-jetpack.txt -r deploy/jetson/requirements-board.txt",
+                 "install --no-deps"):
+        assert line in text and line in guide
+    assert "python3-opencv" not in text and "opencv-python" not in text
+    assert "numpy<2" in (REPO_ROOT / "deploy" / "jetson" / "constraints-jetpack.txt").read_text().splitlines()
