@@ -16,8 +16,6 @@ frames, starts the server in its own process and plays the faults a real camera 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -28,12 +26,6 @@ import time
 from pathlib import Path
 
 STAMP_BITS, STAMP_BLOCK = 32, 16  # the stamp: 32 bits, one 16x16 block each, left to right, MSB first
-GST_PYTHON_ENV = "HAGRID_EDGE_GST_PYTHON"  # a Python with GStreamer's bindings (default: the first that has them)
-_GST_CHECK = ("import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0'); "
-              "from gi.repository import Gst, GstRtspServer; Gst.init(None); "
-              "assert Gst.ElementFactory.find('x264enc') and Gst.ElementFactory.find('rtph264pay')")
-APT_PACKAGES = ("gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good "
-                "gstreamer1.0-plugins-ugly python3-gi")
 
 
 # ---- the server (run by a Python with gi) ---------------------------------------------------------
@@ -115,19 +107,6 @@ def main() -> None:
 
 
 # ---- the client side (hagrid-edge's Python) -------------------------------------------------------
-def gst_python() -> str | None:
-    """A Python interpreter that can run the server, or None."""
-    candidates = [os.environ.get(GST_PYTHON_ENV), sys.executable, "/usr/bin/python3", shutil.which("python3")]
-    for python in dict.fromkeys(c for c in candidates if c):
-        try:
-            ok = subprocess.run([python, "-c", _GST_CHECK], capture_output=True, timeout=60).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            ok = False
-        if ok:
-            return python
-    return None
-
-
 def read_stamp(bgr: object) -> int:
     """The millisecond stamp (mod 2**32) of a decoded frame (BGR or gray ``numpy`` image)."""
     import numpy as np
@@ -159,6 +138,8 @@ class LoopbackServer:
                  python: str | None = None) -> None:
         import cv2
         import numpy as np
+
+        from hagrid_edge.deploy.common.output_rtsp import APT_PACKAGES, GST_PYTHON_ENV, gst_python
 
         self.python = python or gst_python()
         if self.python is None:

@@ -16,8 +16,9 @@ import pytest
 from test_run_cli import HOLD, SEQUENCE, make_video
 
 from hagrid_edge.benchmarks.bench_soak import sample_photos
-from hagrid_edge.benchmarks.rtsp_loopback import APT_PACKAGES, LoopbackServer, gst_python, stamp_age_s
+from hagrid_edge.benchmarks.rtsp_loopback import LoopbackServer, stamp_age_s
 from hagrid_edge.deploy.common.capture import STALE_S, Capture
+from hagrid_edge.deploy.common.output_rtsp import APT_PACKAGES, gst_python
 from hagrid_edge.deploy.common.runner import RunOptions, run_loop
 from hagrid_edge.deploy.common.sources import FFMPEG_OPTIONS_ENV, VideoCaptureSource, open_source
 from hagrid_edge.pipeline import load_pipeline
