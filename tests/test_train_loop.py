@@ -126,12 +126,12 @@ def test_sigint_leaves_the_last_checkpoint_loadable(tmp_path, mini_root):
     proc = subprocess.Popen([sys.executable, "-m", "hagrid_edge.cli", "train", "--config", str(path), "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 60
+        deadline = time.time() + 180  # generous: a loaded 2-core machine trains slowly (this is no speed test)
         while not (out / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
             time.sleep(0.1)
-        assert (out / "last.pt").exists(), proc.stderr.read() if proc.poll() is not None else "no checkpoint in 60 s"
+        assert (out / "last.pt").exists(), proc.stderr.read() if proc.poll() is not None else "no checkpoint in 180 s"
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
