@@ -34,6 +34,7 @@ from hagrid_edge.paths import atomic_path
 from hagrid_edge.quantize import calib_data
 from hagrid_edge.quantize.accuracy import Score
 from hagrid_edge.quantize.candidates import Candidate
+from hagrid_edge.quantize.choices import PERCENTILES
 from hagrid_edge.quantize.landmark_choices import DEFAULT_MAX_POINT_ERROR, DEFAULT_MAX_PRESENCE_DIFF
 from hagrid_edge.quantize.orchestrator import CalibrationOptions, attempt, over_limits_path
 from hagrid_edge.quantize.photo_sets import PhotoSet, photo_sets
@@ -316,7 +317,8 @@ def _int8(result: TargetResult, opts: LandmarkOptions, fp32_spec: ModelSpec, sta
     with tempfile.TemporaryDirectory(prefix="hagrid-landmarks.") as work:
         cands = TFLiteCandidates(fp32.path, stage.inputs, lambda p: artifact_spec(p, fp32_spec, provenance),
                                  Path(work), input_range(fp32_spec),
-                                 percentile=100.0 if opts.method == "minmax" else PERCENTILE, layout="NHWC")
+                                 percentile=100.0 if opts.method == "minmax" else PERCENTILES.get(opts.method, PERCENTILE),
+                                 layout="NHWC")
         stage.calibration.update(seconds=round(time.perf_counter() - t0, 2), tensors=len(cands.qsvs))
         if sets:
             tune = PointScorer(sets["tune"], fp32, opts.threads)

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from hagrid_edge.errors import HagridEdgeError, first_line
-from hagrid_edge.quantize.choices import METHODS
+from hagrid_edge.quantize.choices import METHODS, PERCENTILES
 
 # Per-channel QDQ DequantizeLinear needs opset 13; older graphs are converted first.
 MIN_OPSET = 13
@@ -29,9 +29,18 @@ MIN_OPSET = 13
 # Relu kept mAP where adding Add/Mul/Concat lost points.
 COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # the layers with weights
 QUANTIZED_OPS = (*COMPUTE_OPS, "Relu")
-PERCENTILE = 99.999
+PERCENTILE = PERCENTILES["percentile"]
 HISTOGRAM_BINS = {"percentile": 2048, "entropy": 512}  # entropy's threshold search is quadratic in bins
 CALIB_BATCH = 8
+
+
+def _calibration_method(method: str):
+    """onnxruntime's calibrator for ``method`` (every percentile method is its Percentile, at its own level)."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    if method in PERCENTILES:
+        return CalibrationMethod.Percentile
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy}[method]
 
 
 def opset_of(model: onnx.ModelProto) -> int:
@@ -94,19 +103,19 @@ def _reader(input_name: str, batches: Sequence[np.ndarray]):
 
 def collect_ranges(model: onnx.ModelProto, input_name: str, inputs: Sequence[np.ndarray], method: str):
     """Activation ranges (ORT ``TensorsData``) of every float tensor of ``model``, symmetric, in one pass."""
-    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+    from onnxruntime.quantization import create_calibrator
 
     if method not in METHODS:
         raise HagridEdgeError(f"--method: {method!r} is not one of {', '.join(METHODS)}")
     if not inputs:
         raise HagridEdgeError("no calibration inputs")
-    calib_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                    "percentile": CalibrationMethod.Percentile}[method]
+    calib_method = _calibration_method(method)
     options = {"symmetric": True}
-    if method in HISTOGRAM_BINS:
+    if method in PERCENTILES:
+        options["num_bins"] = HISTOGRAM_BINS["percentile"]
+        options["percentile"] = PERCENTILES[method]
+    elif method in HISTOGRAM_BINS:
         options["num_bins"] = HISTOGRAM_BINS[method]
-    if method == "percentile":
-        options["percentile"] = PERCENTILE
     batch = 1 if _fixed_batch(model) else CALIB_BATCH
     with tempfile.TemporaryDirectory(prefix="hagrid-calib.") as tmp:
         src = Path(tmp) / "model.onnx"
@@ -126,11 +135,10 @@ def collect_ranges(model: onnx.ModelProto, input_name: str, inputs: Sequence[np.
 def quantize_qdq(model: onnx.ModelProto, ranges, method: str, exclude: Sequence[str] = (),
                  only: Sequence[str] = ()) -> onnx.ModelProto:
     """The QDQ model from collected ``ranges``; nodes in ``exclude`` stay float (``only``: quantize just these)."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 
-    calib_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                    "percentile": CalibrationMethod.Percentile}[method]
+    calib_method = _calibration_method(method)
     ranges = copy.copy(ranges)
     ranges.calibration_method = calib_method
     quiet = logging.getLogger().level

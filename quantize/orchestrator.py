@@ -42,6 +42,7 @@ from hagrid_edge.quantize.accuracy import (
 from hagrid_edge.quantize.candidates import Candidate, Candidates, OnnxCandidates
 from hagrid_edge.quantize.choices import (
     DEFAULT_MAX_DROP,
+    DEFAULT_MAX_DROP50,
     DEFAULT_METHOD,
     DEFAULT_MIN_AGREEMENT,
     DEFAULT_TRT_VERSION,
@@ -79,6 +80,7 @@ class CalibrationOptions:
 @dataclass
 class Options(CalibrationOptions):
     max_drop: float = DEFAULT_MAX_DROP
+    max_drop50: float | None = DEFAULT_MAX_DROP50  # detectors and pairs: mAP50 points (None: not held)
     min_agreement: float = DEFAULT_MIN_AGREEMENT
     classifier: Path | None = None
     classifier_spec: Path | None = None
@@ -225,7 +227,7 @@ class Calibration:
 
     def __init__(self, opts: Options) -> None:
         self.opts = opts
-        self.limits = Limits(opts.max_drop, opts.min_agreement)
+        self.limits = Limits(opts.max_drop, opts.min_agreement, max_drop50=opts.max_drop50)
         self.sets: dict[str, PhotoSet] = {}
         self.truth: dict[tuple[str, str], list] = {}  # (pipeline, photo set) -> FP32 detections
         self.classifier: Stage | None = None  # the crop classifier behind the detector, when there is one
@@ -430,7 +432,7 @@ def calibrate(opts: Options) -> Report:
         run.sets = {"tune": tune, "report": report}
     stages = [(det, None)] + ([(cls, det)] if cls else [])
     out = Report(model=str(opts.model), classifier=str(opts.classifier) if cls else None, out=opts.out,
-                 method=opts.method, max_drop=opts.max_drop, min_agreement=opts.min_agreement,
+                 method=opts.method, max_drop=opts.max_drop, min_agreement=opts.min_agreement, max_drop50=opts.max_drop50,
                  photo_sets={k: v.describe() for k, v in run.sets.items()},
                  detector_guard=opts.detector_guard)
     with tempfile.TemporaryDirectory(prefix="hagrid-calibrate.") as tmp:

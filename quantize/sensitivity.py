@@ -11,8 +11,8 @@ cost the Pi model does not cover) the ranking is by sensitivity: the relative ou
 signal power, summed over the outputs, dequantized) of the candidate with only that layer in INT8, on
 calibration photos. The guard keeps the k first-ranked layers in float for growing k and scores each
 candidate on the tune photos, stopping at the first that holds both limits: at most ``max_drop``
-points below FP32 against the annotations, and at least ``min_agreement`` with the FP32 model's own
-detections (the steadier of the two: it needs no labels and moves less between photo sets). With
+points below FP32 against the annotations (and ``max_drop50`` in mAP50), and at least
+``min_agreement`` with the FP32 model's own detections (the steadier of the two: it needs no labels and moves less between photo sets). With
 costs, it then tries to give back each float layer of that candidate, the costliest first, and keeps
 every removal after which the limits still hold.
 """
@@ -40,11 +40,17 @@ PRUNE_TRIES = 12  # float layers the cost pass tries to give back (each try scor
 class Limits:
     max_drop: float  # points of the headline metric against the annotations
     min_agreement: float | None  # mAP50-95 against the FP32 model's detections (None: not a detector)
+    # points of mAP50 against the annotations, where both scores have it (None: not held)
+    max_drop50: float | None = field(default=None, kw_only=True)
 
     def holds(self, reference: Score, score: Score) -> bool:
-        """Within ``max_drop`` of the reference, and losing at most ``100 - min_agreement`` agreement points
-        against it (an FP32 reference agrees with itself at 100; a pipeline reference may agree less)."""
+        """Within ``max_drop`` of the reference (and ``max_drop50`` in mAP50), and losing at most
+        ``100 - min_agreement`` agreement points against it (an FP32 reference agrees with itself at 100; a
+        pipeline reference may agree less)."""
         if reference.value - score.value > self.max_drop:
+            return False
+        ref50, got50 = reference.secondary.get("mAP50"), score.secondary.get("mAP50")
+        if self.max_drop50 is not None and ref50 is not None and got50 is not None and ref50 - got50 > self.max_drop50:
             return False
         agreement = score.agreement.get("mAP50_95")
         if self.min_agreement is None or agreement is None:

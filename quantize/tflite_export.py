@@ -35,6 +35,7 @@ from hagrid_edge.deploy.rpi.litert_backend import LiteRTBackend, _interpreter_cl
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.paths import atomic_path
 from hagrid_edge.processing import output
+from hagrid_edge.quantize.choices import PERCENTILES
 from hagrid_edge.quantize.onnx_files import fix_batch
 from hagrid_edge.quantize.onnx_int8 import PERCENTILE
 from hagrid_edge.quantize.tflite_env import ONNX2TF_VERSION, TENSORFLOW_VERSION, converter_python
@@ -230,10 +231,11 @@ class TFLiteConversion:
     def int8_candidates(self, calib_inputs: Sequence[np.ndarray] | None = None,
                         method: str = "percentile") -> TFLiteCandidates:
         """``method``: the activation ranges, as ``calibrate --method`` names them (minmax: the true min and
-        max; otherwise the QDQ ONNX's percentile of all calibration values)."""
+        max; a percentile method: that percentile of all calibration values, as for the QDQ ONNX; entropy:
+        the default percentile)."""
         inputs = self.calib_inputs if calib_inputs is None else calib_inputs
         return TFLiteCandidates(self.float32, inputs, self.spec_of, self.work, input_range(self.spec),
-                                percentile=100.0 if method == "minmax" else PERCENTILE)
+                                percentile=100.0 if method == "minmax" else PERCENTILES.get(method, PERCENTILE))
 
 
     def write(self, produced: Path, out_path: Path, provenance: dict) -> ModelSpec:

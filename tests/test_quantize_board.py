@@ -10,8 +10,11 @@ from test_quantize_cli import run_cli
 
 from hagrid_edge.data.annotations import load_split
 from hagrid_edge.quantize import board_cost
+from hagrid_edge.quantize.accuracy import Score
+from hagrid_edge.quantize.choices import DEFAULT_MAX_DROP50
+from hagrid_edge.quantize.orchestrator import Calibration, Options
 from hagrid_edge.quantize.photo_sets import photo_sets, trained_on
-from hagrid_edge.quantize.sensitivity import rank
+from hagrid_edge.quantize.sensitivity import Limits, rank
 from hagrid_edge.spec import resolve_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,6 +41,25 @@ def test_guard_ranks_by_gain_per_instruction():
     costs = {"big": 4e6, "small": 2e5, "useless": 1e4, "free": 0.0}
     assert rank(gains, costs) == ["small", "free", "big", "useless"]
     assert rank(gains, None) == ["big", "small", "useless", "free"]  # without costs: the given order
+
+
+def _gestures(map50_95: float, map50: float, agreement: float = 100.0) -> Score:
+    return Score("mAP50_95", map50_95, {"mAP50": map50}, "gestures", 82, 0.0, "tune", {"mAP50_95": agreement})
+
+
+def test_guard_holds_map50_too():
+    """The project's INT8 promise is 0.5 / 1.0 (mAP50-95 / mAP50): a candidate within 0.5 mAP50-95 and the
+    agreement limit that loses more than 1.0 mAP50 does not hold (the one-stage detector's all-int8 form
+    with p99.9999 ranges on tune: -0.44 / -1.33, agreement 99.12)."""
+    fp32 = _gestures(57.51, 80.34)
+    limits = Calibration(Options(model=Path("m.onnx"), data=Path("d"), out=Path("o"))).limits
+    assert limits.max_drop50 == DEFAULT_MAX_DROP50 == 1.0
+    assert not limits.holds(fp32, _gestures(57.07, 79.01, 99.12))
+    assert limits.holds(fp32, _gestures(57.58, 80.22, 99.52))
+    assert Limits(0.5, 99.0).holds(fp32, _gestures(57.07, 79.01, 99.12))  # without it, as before
+    # a classifier's second figure is accuracy, not mAP50: only its headline limit applies
+    f1 = Score("f1", 80.0, {"accuracy": 90.0}, "classify", 10, 0.0, "tune")
+    assert limits.holds(f1, Score("f1", 79.8, {"accuracy": 85.0}, "classify", 10, 0.0, "tune"))
 
 
 def test_tune_photos_of_a_model_trained_here_are_val_users(mini_root):

@@ -112,6 +112,22 @@ def test_histogram_methods_take_a_ragged_last_batch(classifier, method):
     assert all(np.all(np.isfinite(d.range_value)) for d in ranges.data.values())
 
 
+def test_a_finer_percentile_clips_less_than_percentile_and_no_more_than_minmax(classifier):
+    """``p99.9999`` keeps a tenth of the values ``percentile`` (99.999) clips: every tensor's range lies
+    between the two others', and the TensorRT cache takes it as it takes ``percentile``."""
+    model, spec, inputs, _ = classifier
+    ranges = {m: collect_ranges(model, spec.input_name, inputs, m).data for m in ("percentile", "p99.9999", "minmax")}
+    assert set(ranges["p99.9999"]) == set(ranges["percentile"])
+    wider = 0
+    for name in ranges["p99.9999"]:
+        fine, coarse, full = (float(np.max(np.abs(r[name].range_value))) for r in
+                              (ranges["p99.9999"], ranges["percentile"], ranges["minmax"]))
+        assert coarse <= fine <= full * (1 + 1e-6), name
+        wider += fine > coarse
+    assert wider > 0
+    assert scales_from_ranges(collect_ranges(model, spec.input_name, inputs, "p99.9999"))
+
+
 def test_detector_is_upgraded_and_calibrated_without_nms(hand_detector, mini_root):
     model, spec = split_detector(hand_detector, resolve_spec(hand_detector))
     assert opset_of(model) == 11

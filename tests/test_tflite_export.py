@@ -175,6 +175,13 @@ def test_activation_ranges_are_percentiles_of_all_calibration_values(converted):
         assert extremes[n][0] <= lo <= 0.0 <= hi <= extremes[n][1]
 
 
+@pytest.mark.parametrize("method, percentile", [("minmax", 100.0), ("percentile", 99.999), ("entropy", 99.999),
+                                                ("p99.9999", 99.9999)])
+def test_each_method_gives_the_tflite_ranges_its_percentile(converted, method, percentile):
+    conv, _ = converted
+    assert conv.int8_candidates(method=method).percentile == percentile
+
+
 def test_wrong_calibration_shape_is_reported(crop_classifier, classifier_spec, tmp_path):
     with pytest.raises(HagridEdgeError, match=r"calibration input 0: shape \(1, 3, 64, 64\)"):
         TFLiteConversion(crop_classifier, classifier_spec, [np.zeros((1, 3, 64, 64), np.float32)], tmp_path,
