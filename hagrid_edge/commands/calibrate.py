@@ -8,6 +8,7 @@ from pathlib import Path
 
 from hagrid_edge.quantize.choices import (
     DEFAULT_MAX_DROP,
+    DEFAULT_MAX_DROP50,
     DEFAULT_METHOD,
     DEFAULT_MIN_AGREEMENT,
     DEFAULT_TRT_VERSION,
@@ -64,6 +65,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP,
                    help="largest accepted drop vs FP32 on the tune photos against their annotations, in mAP50-95 "
                         f"(F1 for a classifier on its own) points (default {DEFAULT_MAX_DROP})")
+    p.add_argument("--max-drop50", type=float, default=DEFAULT_MAX_DROP50,
+                   help="detectors and pairs: also the largest accepted drop in mAP50 points on the tune photos "
+                        f"(default {DEFAULT_MAX_DROP50})")
     p.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
                    help="smallest accepted agreement with the FP32 model on the tune photos: mAP50-95 of the INT8 "
                         f"detections against FP32's own (default {DEFAULT_MIN_AGREEMENT})")
@@ -100,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         raise HagridEdgeError(f"--limit must be positive, got {args.limit}")
     if args.max_drop < 0:
         raise HagridEdgeError(f"--max-drop must be >= 0, got {args.max_drop}")
+    if args.max_drop50 < 0:
+        raise HagridEdgeError(f"--max-drop50 must be >= 0, got {args.max_drop50}")
     if not 0 <= args.min_agreement <= 100:
         raise HagridEdgeError(f"--min-agreement must be within 0..100, got {args.min_agreement}")
     if args.eval_limit is not None and args.eval_limit <= 0:
@@ -112,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_point_error is not None or args.max_presence_diff is not None:
         raise HagridEdgeError("--max-point-error / --max-presence-diff: only for a hand landmark .tflite --model")
     opts = Options(model=model, data=args.data or default_data(), out=args.out,
-                   targets=args.targets, method=args.method, max_drop=args.max_drop,
+                   targets=args.targets, method=args.method, max_drop=args.max_drop, max_drop50=args.max_drop50,
                    min_agreement=args.min_agreement, limit=args.limit, spec_file=args.spec,
                    classifier=args.classifier, classifier_spec=args.classifier_spec, trt_version=args.trt_version,
                    eval_limit=args.eval_limit, threads=args.threads, guard=not args.no_guard,
