@@ -169,9 +169,10 @@ def test_stop_never_closes_the_camera_under_a_read(palm_bgr: np.ndarray, hand_de
     source.open()
     stop = threading.Event()
 
-    def stop_once_stalled() -> None:
+    def stop_once_stalled() -> None:  # in the stall: its job was taken (the script is empty) and it is being read
         deadline = time.time() + 30
-        while not fake.opened[0].reading and time.time() < deadline:
+        camera = fake.opened[0]
+        while not (camera.reading and not camera.script) and time.time() < deadline:
             time.sleep(0.01)
         stop.set()
 
