@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from hagrid_edge.errors import HagridEdgeError
+from hagrid_edge.paths import user_cache
 
 ONNX2TF_VERSION = "1.29.24"
 TENSORFLOW_VERSION = "2.19.0"
@@ -52,8 +53,7 @@ def env_dir() -> Path:
     custom = os.environ.get(ENV_VAR)
     if custom:
         return Path(custom).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "hagrid-edge" / f"onnx2tf-{ONNX2TF_VERSION}"
+    return user_cache() / f"onnx2tf-{ONNX2TF_VERSION}"
 
 
 def _python(root: Path) -> Path:

@@ -41,7 +41,7 @@ from pathlib import Path
 
 from hagrid_edge.deploy.rpi import guide_commands as guide
 from hagrid_edge.errors import HagridEdgeError
-from hagrid_edge.paths import REPO_ROOT
+from hagrid_edge.paths import REPO_ROOT, user_cache
 
 HERE = Path(__file__).resolve().parent
 REQUIREMENTS = HERE / "requirements-pi.txt"
@@ -137,7 +137,7 @@ GUEST_TOP_DIRS = ("bin", "dev", "etc", "lib", "proc", "sbin", "tmp", "usr", "var
 
 def cache_root() -> Path:
     env = os.environ.get(CACHE_ENV)
-    root = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hagrid-edge"
+    root = Path(env) if env else user_cache()
     parts = root.resolve().parts
     if len(parts) > 1 and parts[1] in GUEST_TOP_DIRS:
         raise HagridEdgeError(f"cache {root}: under /{parts[1]}, which the emulated Pi's own root shadows under "
