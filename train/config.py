@@ -81,8 +81,12 @@ class TrainSection:
     patience: int | None = None  # early stopping: epochs without improvement of the val metric
     min_delta: float = 0.0
     seed: int = 0
-    teacher: str | None = None  # hand-crop classifiers: distil from this classifier (ONNX) at each crop's box
-    distill_alpha: float = 0.5  # weight of the teacher's KL; the rest is cross-entropy on labelled crops
+    # Hand-crop classifiers: distil from this classifier (ONNX) at each crop's box; onnx_ssd detectors:
+    # learn hand probability and boxes from this single-class hand detector (raw heads, same anchors).
+    teacher: str | None = None
+    # Classifiers: weight of the teacher's KL, the rest is cross-entropy on labelled crops;
+    # detectors: weight of the teacher's terms added to the SSD loss.
+    distill_alpha: float = 0.5
     log_every: int = 10  # TensorBoard scalars every N steps
 
 
@@ -195,8 +199,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
          "only hand-crop classifiers (onnx_classifier) answer for a mirror image")
     need(cfg.data.crops is None or Path(cfg.data.crops).is_dir(), "data.crops", f"{cfg.data.crops}: no such folder")
     crop_model = cfg.model.name == "onnx_classifier"
+    need(cfg.data.detector is None or crop_model, "data.detector", "only hand-crop classifiers (onnx_classifier) take one")
+    need(cfg.train.teacher is None or cfg.model.name in ONNX_MODELS, "train.teacher",
+         "only hand-crop classifiers (onnx_classifier) and onnx_ssd detectors take one")
     for key, path in (("data.detector", cfg.data.detector), ("train.teacher", cfg.train.teacher)):
-        need(path is None or crop_model, key, "only hand-crop classifiers (onnx_classifier) take one")
         need(path is None or Path(path).is_file(), key, f"{path}: no such model file")
     need(0 <= cfg.train.distill_alpha <= 1, "train.distill_alpha", "must be in [0, 1]")
     need(0 <= cfg.augment.jitter < 0.5, "augment.jitter", "must be in [0, 0.5)")

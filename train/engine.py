@@ -47,7 +47,7 @@ from hagrid_edge.train import distributed
 from hagrid_edge.train.augment import BoxSafeAugment
 from hagrid_edge.train.checkpoint import BEST, LAST, load_for_resume, save_checkpoint
 from hagrid_edge.train.config import TrainConfig
-from hagrid_edge.train.distill import distill_loss, teacher_targets
+from hagrid_edge.train.distill import detector_distill_loss, detector_teacher, distill_loss, teacher_targets
 from hagrid_edge.train.ema import ModelEMA
 
 
@@ -93,10 +93,15 @@ def evaluate_model(model: nn.Module, spec: ModelSpec, samples: list[Sample], han
 
 
 def _step_loss(raw: nn.Module, outputs: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]],
-               distill_alpha: float) -> tuple[torch.Tensor, dict[str, float]]:
+               distill_alpha: float, teacher: dict[str, torch.Tensor] | None = None
+               ) -> tuple[torch.Tensor, dict[str, float]]:
     if isinstance(raw, RawSSD):
         parts = raw.loss(outputs, targets)
-        return sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
+        loss, logged = sum(parts.values()), {k: float(v.detach()) for k, v in parts.items()}
+        if teacher is not None:  # a detector learning hands from a hand detector as well
+            taught, taught_parts = detector_distill_loss(outputs, teacher)
+            loss, logged = loss + distill_alpha * taught, {**logged, **taught_parts}
+        return loss, logged
     gesture = torch.stack([t["gesture"] for t in targets])
     if "soft" in targets[0]:  # a hand-crop classifier learning from a teacher
         return distill_loss(outputs["logits"], torch.stack([t["soft"] for t in targets]), gesture, distill_alpha)
@@ -153,6 +158,10 @@ class Trainer:
         self.provenance = {"config": cfg.to_dict(), "init": cfg.model.init, "torch": str(torch.__version__)}
         self.spec = model_spec(self.model_cfg, self.model, {"trained_on": f"{cfg.data.root}:{cfg.data.train_split}"})
         self.hands_only = list(self.model_cfg.classes) == ["hand"]
+        self.teacher = None
+        if cfg.train.teacher and self.spec.task == "detector":
+            self.teacher = detector_teacher(cfg.train.teacher, self.spec).to(self.device)
+            self.log(f"teacher {cfg.train.teacher}: hand probability and boxes at every anchor")
 
     def _build_data(self) -> None:
         """The augmented train set, its sampler and loader, and the val samples."""
@@ -309,7 +318,11 @@ class Trainer:
             targets = [{k: v.to(self.device) for k, v in tg.items()} for tg in targets]
             with torch.autocast(self.device.type, enabled=self.cuda and t.amp):
                 outputs = self.net(x)
-            loss, parts = _step_loss(raw, outputs, targets, t.distill_alpha)
+                taught = None
+                if self.teacher is not None:
+                    with torch.no_grad():
+                        taught = self.teacher(x)
+            loss, parts = _step_loss(raw, outputs, targets, t.distill_alpha, taught)
             if not torch.isfinite(loss):
                 raise HagridEdgeError(f"loss became {float(loss)} at epoch {epoch + 1}; lower train.lr "
                                       f"(now {t.lr}) or raise train.warmup_epochs")

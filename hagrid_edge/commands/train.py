@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crops", help="hand-crop folder (overrides data.crops)")
     p.add_argument("--detector", help="hand detector whose boxes on the photos give training crops "
                                       "(overrides data.detector)")
-    p.add_argument("--teacher", help="classifier to distil from (overrides train.teacher)")
+    p.add_argument("--teacher", help="model to distil from: a crop classifier for a crop classifier, a hand detector "
+                   "for an onnx_ssd detector (overrides train.teacher)")
     p.add_argument("--resume", action="store_true",
                    help="continue from OUT/last.pt (without it, a folder holding an earlier run is refused)")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
