@@ -154,6 +154,8 @@ class OnnxNet(nn.Module):
         if plan.get("version") != PLAN_VERSION:
             raise HagridEdgeError(f"graph plan version {plan.get('version')!r} is not {PLAN_VERSION}")
         self.plan = plan
+        # Quantization-aware training (``train.fake_quant.FakeQuantizer``): applied in training mode only.
+        self.quantizer: Any = None
         self.layers = nn.ModuleDict()
         for n in plan["nodes"]:
             if n["op"] == "Conv":
@@ -171,15 +173,18 @@ class OnnxNet(nn.Module):
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         values = {self.plan["input"]: x}
+        quantizer = self.quantizer if self.training else None
         for n in self.plan["nodes"]:
             args = [values[i] for i in n["in"]]
-            values[n["out"]] = self._run_node(n, args)
+            out = self._run_node(n, args, quantizer)
+            values[n["out"]] = out if quantizer is None else quantizer.activation(n["out"], out)
         return {role: values[name] for role, name in self.plan["outputs"].items()}
 
-    def _run_node(self, n: dict[str, Any], args: list[Tensor]) -> Tensor:
+    def _run_node(self, n: dict[str, Any], args: list[Tensor], quantizer: Any = None) -> Tensor:
         op = n["op"]
         if op in ("Conv", "Gemm"):
-            return self.layers[n["key"]](args[0])
+            layer = self.layers[n["key"]]
+            return layer(args[0]) if quantizer is None else quantizer.layer(layer, args[0])
         if op == "Relu":
             return F.relu(args[0])
         if op == "Add":

@@ -119,17 +119,20 @@ def test_crop_classifier_distils_from_the_teacher_at_the_detector_boxes(tmp_path
     assert spec.crop == {"kind": "square", "expand": 1.0} and len(spec.classes) == 19
 
 
-def test_one_stage_detector_learns_from_the_hand_detector_too(tmp_path, mini_root, hand_detector, capsys):
-    cfg = _config(mini_root, tmp_path / "taught", batch_size=2, teacher=str(hand_detector), distill_alpha=1.0)
+def test_one_stage_detector_learns_from_the_hand_detector_then_with_int8_rounding(tmp_path, mini_root, hand_detector, capsys):
+    cfg = _config(mini_root, tmp_path / "taught", batch_size=2, teacher=str(hand_detector), distill_alpha=1.0,
+                  epochs=2, qat_epochs=1)
     cfg["model"] = {"name": "onnx_ssd", "mode": "gestures", "init": str(hand_detector)}
     result = Trainer(from_dict(cfg), progress=False).fit()
     log = capsys.readouterr()
     assert f"teacher {hand_detector}: hand probability and boxes" in log.out + log.err
+    assert "epoch 2: int8 fake quantization on" in log.out + log.err and "epoch 1: int8" not in log.out + log.err
     first = result["history"][0]
     assert first["train/teacher_hand"] >= 0 and first["train/teacher_box"] >= 0 and "hands/mAP50" in first
     assert first["train/loss"] >= first["train/classification"] + first["train/bbox_regression"]
-    _, spec, payload = load_model(tmp_path / "taught" / "last.pt")
+    model, spec, payload = load_model(tmp_path / "taught" / "last.pt")  # an FP32 model: no rounding saved
     assert spec.outputs == "ssd_raw" and payload["config"]["train"]["teacher"] == str(hand_detector)
+    assert model.net.quantizer is None
 
 
 def test_sigint_leaves_the_last_checkpoint_loadable(tmp_path, mini_root):

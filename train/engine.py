@@ -49,6 +49,7 @@ from hagrid_edge.train.checkpoint import BEST, LAST, load_for_resume, save_check
 from hagrid_edge.train.config import TrainConfig
 from hagrid_edge.train.distill import detector_distill_loss, detector_teacher, distill_loss, teacher_targets
 from hagrid_edge.train.ema import ModelEMA
+from hagrid_edge.train.fake_quant import FakeQuantizer
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -300,8 +301,17 @@ class Trainer:
             save_checkpoint(self.out / BEST, **kwargs)
 
     # ---- training -------------------------------------------------------------------------------
+    def _start_fake_quant(self, epoch: int) -> None:
+        """From ``train.qat_epochs`` before the end on, the model trains with int8 rounding."""
+        net = getattr(self.model, "net", self.model)  # an onnx_ssd's OnnxNet, or the classifier itself
+        t = self.cfg.train
+        if t.qat_epochs and epoch >= t.epochs - t.qat_epochs and net.quantizer is None:
+            net.quantizer = FakeQuantizer(net.plan)
+            self.log(f"epoch {epoch + 1}: int8 fake quantization on ({len(net.quantizer.quantized)} tensors)")
+
     def train_epoch(self, epoch: int) -> dict[str, float]:
         t = self.cfg.train
+        self._start_fake_quant(epoch)
         self.net.train()
         if isinstance(self.sampler, DistributedSampler):
             self.sampler.set_epoch(epoch)
