@@ -2,7 +2,8 @@
 # The CI benchmark of what ships (assets/models/), on hagrid512-mini val, each run gated against a
 # baseline made by an earlier run of this script (never by the run it gates):
 # 1. accuracy, drop and x86 latency (benchmarks/baseline.json):
-#    the one-stage gesture detector (the main job) and its Pi 5 INT8 TFLite, against it;
+#    the one-stage gesture detector (the main job), its Pi 5 INT8 TFLite and its INT8 QDQ ONNX (a Jetson's
+#    explicit INT8), against it;
 #    the two-stage pair (the authors' cut hand detector + our crop classifier) and its INT8 TFLite pair;
 #    the HaGRID authors' pair (their cut detector + crop classifier) as the reference;
 #    MediaPipe's palm detector as a latency-only anchor;
@@ -36,11 +37,12 @@ gate_host=$(gate benchmarks/baseline.json)
 gate_pi5=$(gate benchmarks/baseline-pi5.json)
 # shellcheck disable=SC2086  # gate_* are option lists
 "${bench[@]}" \
-    --model "$m/gesture_detector.onnx" "$m/gesture_detector_int8.tflite" \
+    --model "$m/gesture_detector.onnx" "$m/gesture_detector_int8.tflite" "$m/gesture_detector_int8.onnx" \
             "$m/hand_detector_cut.onnx+$m/gesture_classifier.onnx" \
             "$m/hand_detector_int8.tflite+$m/gesture_classifier_int8.tflite" \
             "$m/hand_detector_cut.onnx+$m/crops_classifier.onnx" \
     --reference "$m/gesture_detector_int8.tflite=$m/gesture_detector.onnx" \
+    --reference "$m/gesture_detector_int8.onnx=$m/gesture_detector.onnx" \
     --reference "$m/gesture_classifier_int8.tflite=$m/gesture_classifier.onnx" \
     --latency-only "$shared/models/mediapipe-hands/palm_detection_lite.tflite" \
     --runs 100 --warmup 10 --report "$report/host" $gate_host

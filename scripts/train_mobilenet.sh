@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Reproduce the shipped gesture models from the repository's configs, starting from the HaGRID
 # authors' released ONNX models, then export them (FP32 ONNX + spec) and score them on val:
-#   gesture_detector.onnx    one-stage, 18 gestures + no_gesture   (train/configs/gesture_detector.yaml)
+#   gesture_detector.onnx    one-stage, 18 gestures + no_gesture, in two stages: train/configs/gesture_detector.yaml
+#                            from the authors' hand detector, then gesture_detector_distill.yaml (taught hands by
+#                            that detector, the last epochs with int8 rounding)
 #   gesture_classifier.onnx  hand-crop classifier behind the authors' hand detector
 #                            (train/configs/gesture_classifier.yaml)
 #
 #   scripts/train_mobilenet.sh [DATA_ROOT] [OUT_DIR] [EPOCHS]
 #
 # DATA_ROOT (HaGRID train + val annotations) defaults to ../shared/data/hagrid512-mini, OUT_DIR to
-# runs/gesture_models; EPOCHS (optional) overrides both schedules. Environment: CROPS (the hand-crop
+# runs/gesture_models; EPOCHS (optional) overrides every schedule. Environment: CROPS (the hand-crop
 # folder, default ../shared/data/hagrid-crops), AUTHORS (the folder of hand_detector.onnx and
 # crops_classifier.onnx, default ../shared/models/hagrid-hand-detector), SMOKE=1 (a few steps on a
 # few photos: what CI runs). Uses the GPU when PyTorch sees one; N GPUs: the same configs under
@@ -42,7 +44,11 @@ fi
 echo "== gesture detector, from the authors' hand detector -> $OUT/detector"
 "$HAGRID_EDGE" train --config train/configs/gesture_detector.yaml "${train_args[@]}" \
     --init "$AUTHORS/hand_detector.onnx" --out "$OUT/detector"
-"$HAGRID_EDGE" export --checkpoint "$OUT/detector/last.pt" --out "$OUT/gesture_detector.onnx" --data "$DATA"
+"$HAGRID_EDGE" export --checkpoint "$OUT/detector/last.pt" --out "$OUT/gesture_detector_stage1.onnx" --data "$DATA"
+echo "== gesture detector, stage 2: hands taught by the authors' hand detector, int8-aware end -> $OUT/detector_distill"
+"$HAGRID_EDGE" train --config train/configs/gesture_detector_distill.yaml "${train_args[@]}" \
+    --init "$OUT/gesture_detector_stage1.onnx" --teacher "$AUTHORS/hand_detector.onnx" --out "$OUT/detector_distill"
+"$HAGRID_EDGE" export --checkpoint "$OUT/detector_distill/last.pt" --out "$OUT/gesture_detector.onnx" --data "$DATA"
 "$HAGRID_EDGE" eval --model "$OUT/gesture_detector.onnx" "${eval_args[@]}" --task gestures
 
 echo "== hand-crop classifier, distilled from the authors' crop classifier -> $OUT/classifier"

@@ -221,6 +221,18 @@ def test_build_caches_the_main_job_engine_reuses_it_and_rebuilds_when_stale(tmp_
     assert (args.model, args.precision) == (str(source), "fp16")
 
 
+def test_build_makes_the_shipped_qdq_onnx_an_explicit_int8_engine(tmp_path, monkeypatch, capsys):
+    """The one-stage detector's shipped QDQ ONNX, by name: INT8 from its own scales, no calibrator."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    engine = tmp_path / "cache" / "hagrid-edge" / "engines" / "gesture_detector_int8_int8.trt"
+    trt = install(monkeypatch, "8.6.2.3").trt
+    line = _build(capsys, "--model", "gesture_detector_int8.onnx", "--precision", "int8")
+    assert line == f"{engine}: built (int8 engine of gesture_detector_int8.onnx; not built yet)"
+    assert trt._built["config"]._flags == {"INT8", "FP16"} and trt._built["config"].int8_calibrator is None
+    rec = engine_info(load_spec_file(sidecar_path(engine)), engine)
+    assert (rec.precision, rec.calibration_cache) == ("int8", None)
+
+
 def test_a_failed_rebuild_leaves_no_engine_that_looks_current(tmp_path, monkeypatch, capsys):
     from hagrid_edge.cli import main as cli
     from hagrid_edge.deploy.jetson.engine_cache import cached_engine, stale_reason

@@ -32,7 +32,7 @@ def test_shipped_configs_are_valid(path):
     ({"data": ["root"]}, r"data: expected a mapping"),
     ({"train": {"teacher": "/nonexistent/t.onnx"}}, r"train\.teacher: only hand-crop classifiers"),
     ({"train": {"distill_alpha": 1.5}}, r"train\.distill_alpha: must be in \[0, 1\]"),
-    ({"train": {"epochs": 3, "qat_epochs": 4}}, r"train\.qat_epochs: must be in \[0, train\.epochs\]"),
+    ({"train": {"qat_epochs": -1}}, r"train\.qat_epochs: must be >= 0"),
     ({"train": {"qat_epochs": 1}}, r"train\.qat_epochs: fake quantization runs on onnx_ssd and onnx_classifier"),
     ({"augment": {"jitter": 0.7}}, r"augment\.jitter"),
 ])

@@ -35,6 +35,10 @@ def test_the_script_trains_exports_and_scores_both_models(mini_root, crops_root,
     assert classifier.task == "classifier" and classifier.crop == {"kind": "square", "expand": 1.0}
     assert run.stdout.count("mAP50") >= 2  # both evals printed their tables
     assert "hand crops from the train photos" in run.stderr + run.stdout
+    stage2 = torch.load(out / "detector_distill" / "last.pt", map_location="cpu", weights_only=False)["config"]
+    assert stage2["model"]["init"] == str(out / "gesture_detector_stage1.onnx")
+    assert stage2["train"]["teacher"] == str(authors / "hand_detector.onnx") and stage2["train"]["qat_epochs"] > 0
+    assert "int8 fake quantization on" in run.stderr + run.stdout
     config = torch.load(out / "classifier" / "last.pt", map_location="cpu", weights_only=False)["config"]
     assert config["train"]["teacher"] == str(authors / "crops_classifier.onnx")
     assert config["data"]["detector"] == str(authors / "hand_detector.onnx")
