@@ -43,8 +43,8 @@ sys.exit(rc)
 """
 
 
-def run_without_extras(*argv: str) -> tuple[int, str, str, set[str]]:
-    code = CHILD.format(blocked=BLOCKED, argv=list(argv))
+def run_without_extras(*argv: str, blocked: tuple[str, ...] = BLOCKED) -> tuple[int, str, str, set[str]]:
+    code = CHILD.format(blocked=blocked, argv=list(argv))
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
     err, _, imported = p.stderr.rpartition("\nIMPORTED ")
     return p.returncode, p.stdout, err.strip(), set(json.loads(imported))
@@ -112,6 +112,17 @@ def test_checkpoint_without_torch_names_the_train_extra(tmp_path: Path) -> None:
                                        "--spec", str(DEFAULT_MODELS / "ssdlite_small_gestures.onnx.json"))
     assert rc == 2 and len(err.splitlines()) == 1, err
     assert f"{checkpoint}: the runtime for .pt files (torch) is not installed" in err and "[train]" in err
+
+
+def test_onnx_without_onnx_runtime_names_the_board_choice() -> None:
+    """A board install (deploy/rpi/requirements-board.txt) has no ONNX Runtime: an .onnx model names the
+    fix, not a reinstall that would not bring it back."""
+    model = DEFAULT_MODELS / "gesture_detector.onnx"
+    rc, _, err, imported = run_without_extras("run", "--engine", str(model), "--source", str(DEFAULT_DATA),
+                                              "--headless", blocked=(*BLOCKED, "onnxruntime"))
+    assert rc == 1 and len(err.splitlines()) == 1 and "onnxruntime" not in imported, err
+    assert f"{model}: the runtime for .onnx files is not installed (onnxruntime)" in err
+    assert err.endswith("pick one of those, or pip install onnxruntime")
 
 
 # ---- the extras table in setup.cfg and the CLI's view of it ----------------------------------------

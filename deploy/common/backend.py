@@ -53,6 +53,7 @@ def open_backend(path: str | Path, spec: ModelSpec | None = None, spec_file: str
     except ImportError as e:
         if not extra:
             raise HagridEdgeError(f"{path}: the runtime for {path.suffix} files is not installed ({e.name}); "
-                                  "reinstall hagrid-edge") from None
+                                  f"the board installs leave it out and run .tflite or .trt files: pick one of "
+                                  f"those, or pip install {e.name}") from None
         raise MissingExtra(extra, f"{path}: the runtime for {path.suffix} files ({e.name})") from None
     return getattr(module, cls_name)(path, spec, threads=threads, device=device)
