@@ -27,7 +27,7 @@ from torch import nn
 from hagrid_edge.data.crops import CropSample, source_image
 from hagrid_edge.deploy.common.backend import open_backend
 from hagrid_edge.errors import HagridEdgeError
-from hagrid_edge.models import onnx_model
+from hagrid_edge.models import model_spec, onnx_model
 from hagrid_edge.processing import activate, crop_box, output, resize_frame, to_tensor
 from hagrid_edge.spec import ModelSpec
 
@@ -89,14 +89,15 @@ def distill_loss(logits: torch.Tensor, soft: torch.Tensor, hard: torch.Tensor, a
 def detector_teacher(path: str, student: ModelSpec) -> nn.Module:
     """A frozen single-class hand detector (raw heads, ONNX) that sees the student's input at its anchors."""
     model, cfg, _ = onnx_model("onnx_ssd", path, ["hand"])
-    priors = np.asarray(cfg.priors if cfg.priors is not None else [], np.float32)
-    same = (list(cfg.input_size) == list(student.input_size) and cfg.resize == student.resize
-            and tuple(cfg.mean) == tuple(student.mean) and tuple(cfg.std) == tuple(student.std)
-            and student.priors is not None and priors.shape == np.shape(student.priors)
-            and bool(np.allclose(priors, student.priors, atol=1e-3)))
+    teacher = model_spec(cfg, model)
+    same = (_same_input(teacher, student) and tuple(teacher.mean) == tuple(student.mean)
+            and tuple(teacher.std) == tuple(student.std) and student.priors is not None
+            and np.shape(teacher.priors) == np.shape(student.priors)
+            and bool(np.allclose(teacher.priors, student.priors, atol=1e-3)))
     if not same:
         raise HagridEdgeError(f"{path}: a detector's teacher must take the student's input and anchors "
-                              f"({student.input_size} {student.resize}, {0 if student.priors is None else len(student.priors)} anchors)")
+                              f"({student.input_size} {student.resize}, "
+                              f"{0 if student.priors is None else len(student.priors)} anchors)")
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -305,7 +305,7 @@ class Trainer:
         """From ``train.qat_epochs`` before the end on, the model trains with int8 rounding."""
         net = getattr(self.model, "net", self.model)  # an onnx_ssd's OnnxNet, or the classifier itself
         t = self.cfg.train
-        if t.qat_epochs and epoch >= t.epochs - min(t.qat_epochs, t.epochs) and net.quantizer is None:
+        if t.qat_epochs and epoch >= t.epochs - t.qat_epochs and net.quantizer is None:
             net.quantizer = FakeQuantizer(net.plan)
             self.log(f"epoch {epoch + 1}: int8 fake quantization on ({len(net.quantizer.quantized)} tensors)")
 
