@@ -34,7 +34,7 @@ from hagrid_edge.paths import atomic_path
 from hagrid_edge.quantize import calib_data
 from hagrid_edge.quantize.accuracy import Score
 from hagrid_edge.quantize.candidates import Candidate
-from hagrid_edge.quantize.choices import PERCENTILES
+from hagrid_edge.quantize.choices import tflite_levels
 from hagrid_edge.quantize.landmark_choices import DEFAULT_MAX_POINT_ERROR, DEFAULT_MAX_PRESENCE_DIFF
 from hagrid_edge.quantize.orchestrator import CalibrationOptions, attempt, over_limits_path
 from hagrid_edge.quantize.photo_sets import PhotoSet, photo_sets
@@ -42,7 +42,7 @@ from hagrid_edge.quantize.report import Report, StageReport, TargetResult
 from hagrid_edge.quantize.sensitivity import Limits, mixed_precision
 from hagrid_edge.quantize.tflite_export import input_range, tensor_quant, with_embedded_spec
 from hagrid_edge.quantize.tflite_fold import float32_tflite
-from hagrid_edge.quantize.tflite_int8 import PERCENTILE, QUANTIZER, TFLiteCandidates
+from hagrid_edge.quantize.tflite_int8 import QUANTIZER, TFLiteCandidates
 from hagrid_edge.spec import ModelSpec, save_sidecar, sha256_file
 
 NOT_APPLICABLE = {
@@ -317,7 +317,7 @@ def _int8(result: TargetResult, opts: LandmarkOptions, fp32_spec: ModelSpec, sta
     with tempfile.TemporaryDirectory(prefix="hagrid-landmarks.") as work:
         cands = TFLiteCandidates(fp32.path, stage.inputs, lambda p: artifact_spec(p, fp32_spec, provenance),
                                  Path(work), input_range(fp32_spec),
-                                 percentile=100.0 if opts.method == "minmax" else PERCENTILES.get(opts.method, PERCENTILE),
+                                 levels=tflite_levels(opts.method),
                                  layout="NHWC")
         stage.calibration.update(seconds=round(time.perf_counter() - t0, 2), tensors=len(cands.qsvs))
         if sets:

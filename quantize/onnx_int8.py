@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from hagrid_edge.errors import HagridEdgeError, first_line
+from hagrid_edge.quantize import range_choice
 from hagrid_edge.quantize.choices import METHODS, PERCENTILES
 
 # Per-channel QDQ DequantizeLinear needs opset 13; older graphs are converted first.
@@ -35,10 +36,11 @@ CALIB_BATCH = 8
 
 
 def _calibration_method(method: str):
-    """onnxruntime's calibrator for ``method`` (every percentile method is its Percentile, at its own level)."""
+    """onnxruntime's calibrator for ``method`` (every percentile method is its Percentile, at its own level;
+    mse takes its histograms and chooses each tensor's level itself)."""
     from onnxruntime.quantization import CalibrationMethod
 
-    if method in PERCENTILES:
+    if method in PERCENTILES or method == "mse":
         return CalibrationMethod.Percentile
     return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy}[method]
 
@@ -104,6 +106,7 @@ def _reader(input_name: str, batches: Sequence[np.ndarray]):
 def collect_ranges(model: onnx.ModelProto, input_name: str, inputs: Sequence[np.ndarray], method: str):
     """Activation ranges (ORT ``TensorsData``) of every float tensor of ``model``, symmetric, in one pass."""
     from onnxruntime.quantization import create_calibrator
+    from onnxruntime.quantization.calibrate import TensorData
 
     if method not in METHODS:
         raise HagridEdgeError(f"--method: {method!r} is not one of {', '.join(METHODS)}")
@@ -111,9 +114,9 @@ def collect_ranges(model: onnx.ModelProto, input_name: str, inputs: Sequence[np.
         raise HagridEdgeError("no calibration inputs")
     calib_method = _calibration_method(method)
     options = {"symmetric": True}
-    if method in PERCENTILES:
+    if method in PERCENTILES or method == "mse":
         options["num_bins"] = HISTOGRAM_BINS["percentile"]
-        options["percentile"] = PERCENTILES[method]
+        options["percentile"] = PERCENTILES.get(method, PERCENTILE)
     elif method in HISTOGRAM_BINS:
         options["num_bins"] = HISTOGRAM_BINS[method]
     batch = 1 if _fixed_batch(model) else CALIB_BATCH
@@ -129,6 +132,11 @@ def collect_ranges(model: onnx.ModelProto, input_name: str, inputs: Sequence[np.
             for x in _batches(inputs, batch):
                 calibrator.collect_data(_reader(input_name, [x]))
             ranges = calibrator.compute_data()
+    if method == "mse":
+        for name, (hist, edges, *_) in calibrator.collector.histogram_dict.items():
+            chosen = range_choice.from_abs_histogram(hist, edges)
+            ranges[name] = TensorData(lowest=np.array(chosen.low, np.float32), highest=np.array(chosen.high, np.float32),
+                                      hist=hist, hist_edges=edges)
     return ranges
 
 

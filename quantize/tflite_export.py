@@ -35,9 +35,8 @@ from hagrid_edge.deploy.rpi.litert_backend import LiteRTBackend, _interpreter_cl
 from hagrid_edge.errors import HagridEdgeError
 from hagrid_edge.paths import atomic_path
 from hagrid_edge.processing import output
-from hagrid_edge.quantize.choices import PERCENTILES
+from hagrid_edge.quantize.choices import tflite_levels
 from hagrid_edge.quantize.onnx_files import fix_batch
-from hagrid_edge.quantize.onnx_int8 import PERCENTILE
 from hagrid_edge.quantize.tflite_env import ONNX2TF_VERSION, TENSORFLOW_VERSION, converter_python
 from hagrid_edge.quantize.tflite_int8 import QUANTIZER, TFLiteCandidates
 from hagrid_edge.spec import TFLITE_SPEC_MEMBER, ModelSpec, Quant, save_sidecar, sha256_file
@@ -232,10 +231,10 @@ class TFLiteConversion:
                         method: str = "percentile") -> TFLiteCandidates:
         """``method``: the activation ranges, as ``calibrate --method`` names them (minmax: the true min and
         max; a percentile method: that percentile of all calibration values, as for the QDQ ONNX; entropy:
-        the default percentile)."""
+        the default percentile; mse: each tensor's level by quantization error)."""
         inputs = self.calib_inputs if calib_inputs is None else calib_inputs
         return TFLiteCandidates(self.float32, inputs, self.spec_of, self.work, input_range(self.spec),
-                                percentile=100.0 if method == "minmax" else PERCENTILES.get(method, PERCENTILE))
+                                levels=tflite_levels(method))
 
 
     def write(self, produced: Path, out_path: Path, provenance: dict) -> ModelSpec:

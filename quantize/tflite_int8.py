@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from hagrid_edge.errors import HagridEdgeError
-from hagrid_edge.quantize import board_cost
+from hagrid_edge.quantize import board_cost, range_choice
 from hagrid_edge.quantize.candidates import Candidate
-from hagrid_edge.quantize.onnx_int8 import PERCENTILE
+from hagrid_edge.quantize.choices import DEFAULT_METHOD, PERCENTILES
 from hagrid_edge.spec import ModelSpec
 
 WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
@@ -138,9 +138,10 @@ class _Tails:
 
 
 def activation_ranges(float_tflite: Path, inputs_nhwc: Sequence[np.ndarray], names: Sequence[str],
-                      percentile: float) -> dict[str, tuple[float, float]]:
-    """(low, high) of each named tensor over all inputs: the ``100 - percentile`` and ``percentile``
-    percentiles of all its values (100: the true min and max), always including 0."""
+                      levels: Sequence[float]) -> dict[str, tuple[float, float]]:
+    """(low, high) of each named tensor over all inputs, always including 0. One level: the ``100 - level`` and
+    ``level`` percentiles of all its values (100: the true min and max). Several: each tensor's own level
+    among them, the one with the least expected int8 error (``range_choice.from_tails``)."""
     from ai_edge_litert.interpreter import Interpreter
 
     with warnings.catch_warnings():  # LiteRT warns that keeping every tensor is meant for debugging: it is
@@ -150,9 +151,10 @@ def activation_ranges(float_tflite: Path, inputs_nhwc: Sequence[np.ndarray], nam
     index = {d["name"]: d["index"] for d in interp.get_tensor_details()}
     shapes = {d["name"]: int(np.prod(d["shape"])) for d in interp.get_tensor_details()}
     wanted = [n for n in names if n in index]
-    tail = {n: max(1, int(np.ceil(shapes[n] * len(inputs_nhwc) * (100.0 - percentile) / 100.0))) for n in wanted}
+    tail = {n: range_choice.tail_count(shapes[n] * len(inputs_nhwc), min(levels)) for n in wanted}
     high = {n: _Tails(tail[n]) for n in wanted}
     low = {n: _Tails(tail[n]) for n in wanted}  # of the negated values
+    nonzero = dict.fromkeys(wanted, 0)
     (inp,) = interp.get_input_details()
     for x in inputs_nhwc:
         interp.set_tensor(inp["index"], x)
@@ -161,7 +163,12 @@ def activation_ranges(float_tflite: Path, inputs_nhwc: Sequence[np.ndarray], nam
             v = interp.get_tensor(index[n]).ravel()
             high[n].add(v)
             low[n].add(-v)
-    return {n: (min(-low[n].edge(), 0.0), max(high[n].edge(), 0.0)) for n in wanted}
+            nonzero[n] += int(np.count_nonzero(v))
+    if len(levels) == 1:
+        return {n: (min(-low[n].edge(), 0.0), max(high[n].edge(), 0.0)) for n in wanted}
+    chosen = {n: range_choice.from_tails(high[n].values, low[n].values, shapes[n] * len(inputs_nhwc), nonzero[n],
+                                         levels) for n in wanted}
+    return {n: (c.low, c.high) for n, c in chosen.items()}
 
 
 class TFLiteCandidates:
@@ -170,13 +177,14 @@ class TFLiteCandidates:
     target = "tflite-int8"
 
     def __init__(self, float_tflite: Path, calib_inputs: Sequence[np.ndarray], make_spec, work: Path,
-                 input_range: tuple[float, float] | None = None, percentile: float = PERCENTILE,
-                 layout: str = "NCHW") -> None:
+                 input_range: tuple[float, float] | None = None,
+                 levels: Sequence[float] = (PERCENTILES[DEFAULT_METHOD],), layout: str = "NCHW") -> None:
         """``calib_inputs``: batch-1 float32 model inputs in ``layout`` (NCHW, as the ONNX models take them, or
         NHWC, as a TFLite source's spec builds them); ``make_spec(path)``: the artifact's spec;
         ``input_range``: the input's exact value range (the normalisation of pixels 0..255), used instead of
         the calibrated one, so int8 steps fall on pixel steps (lossless for (x - 127) / 128);
-        ``percentile``: of each activation's calibration values (100: min/max), as the QDQ ONNX's."""
+        ``levels``: the percentile of each activation's calibration values kept in range (100: min/max), as the
+        QDQ ONNX's; several: each tensor's own, by quantization error (``choices.tflite_levels``)."""
         from ai_edge_litert.interpreter import Interpreter
         from ai_edge_quantizer import quantizer, recipe
 
@@ -198,10 +206,10 @@ class TFLiteCandidates:
         q = quantizer.Quantizer(str(self.float_tflite), recipe.static_wi8_ai8())
         with _quiet():
             self.qsvs = q.calibrate({key: [{arg: x} for x in nhwc[:RANGE_PROBE_INPUTS]]}, num_threads=2)
-        for name, (lo, hi) in activation_ranges(self.float_tflite, nhwc, list(self.qsvs), percentile).items():
+        for name, (lo, hi) in activation_ranges(self.float_tflite, nhwc, list(self.qsvs), levels).items():
             shape = np.shape(self.qsvs[name]["min"])
             self.qsvs[name] = {"min": np.full(shape, lo, np.float32), "max": np.full(shape, hi, np.float32)}
-        self.percentile = percentile
+        self.levels = tuple(levels)
         if input_range is not None:
             shape = np.shape(self.qsvs[arg_tensor]["min"]) if arg_tensor in self.qsvs else ()
             self.qsvs[arg_tensor] = {"min": np.full(shape, input_range[0], np.float32),

@@ -27,7 +27,8 @@ from hagrid_edge.quantize.choices import DEFAULT_TRT_VERSION
 ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration")
 # Calibration method -> the TensorRT calibrator class whose cache it fills.
 METHOD_ALGORITHM = {"minmax": "MinMaxCalibration", "entropy": "EntropyCalibration2",
-                    "percentile": "EntropyCalibration2", "p99.9999": "EntropyCalibration2"}
+                    "percentile": "EntropyCalibration2", "p99.9999": "EntropyCalibration2",
+                    "mse": "EntropyCalibration2"}
 INT8_MAX = 127.0
 MIN_AMAX = 1e-8  # a tensor that is always zero still needs a positive scale
 _HEADER = re.compile(r"^TRT-(\d+)-(\w+)$")

@@ -9,8 +9,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from hagrid_edge.data.annotations import load_split
 from hagrid_edge.errors import HagridEdgeError
+from hagrid_edge.quantize import range_choice
 from hagrid_edge.quantize.calib_data import calibration_batches
 from hagrid_edge.quantize.candidates import Candidate, OnnxCandidates
+from hagrid_edge.quantize.choices import MSE_PERCENTILES
 from hagrid_edge.quantize.graph_cut import split_detector
 from hagrid_edge.quantize.onnx_int8 import (
     check_supported_ops,
@@ -153,3 +155,37 @@ def test_unsupported_opset_and_op_are_named():
         check_supported_ops(_tiny(13, "Frobnicate", "com.example"), "m.onnx")
     with pytest.raises(HagridEdgeError, match="--method"):
         collect_ranges(_tiny(13), "x", [np.zeros((1, 4), np.float32)], "kl")
+
+
+def _symmetric_int8_error(v: np.ndarray, t: float) -> float:
+    """Squared error of ``v`` through symmetric int8 with range [-t, t] (-127..127), as TensorRT rounds it."""
+    scale = t / 127.0
+    return float(np.sum((v - np.clip(np.round(v / scale), -127, 127) * scale) ** 2))
+
+
+def test_mse_ranges_are_symmetric_levels_with_the_least_error(classifier):
+    """``--method mse`` on the QDQ path: every tensor's range is symmetric, no wider than its min / max, and the
+    level it took errs no more on the tensor's real values than the others (5 % slack: the choice reads ONNX
+    Runtime's histogram, not the values); the TensorRT cache takes it."""
+    model, spec, inputs, minmax = classifier
+    ranges = collect_ranges(model, spec.input_name, inputs, "mse")
+    assert set(ranges.data) == set(minmax.data)
+    session_outputs = [n for n in ranges.data if n != spec.input_name][:6]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in session_outputs)
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = [session.run(None, {spec.input_name: x}) for x in inputs]
+    for k, name in enumerate(session_outputs):
+        v = np.concatenate([g[k].ravel() for g in got]).astype(np.float64)
+        lo, hi = (float(x) for x in ranges[name].range_value)
+        assert lo == -hi and 0 < hi <= float(np.max(np.abs(minmax[name].range_value))) * (1 + 1e-6), name
+        hist, edges = ranges[name].hist, ranges[name].hist_edges
+        options = [range_choice.from_abs_histogram(hist, edges, (p,)).high for p in MSE_PERCENTILES]
+        assert any(hi == pytest.approx(t) for t in options), (name, hi, options)
+        errors = [_symmetric_int8_error(v, t) for t in options if t > 0]
+        assert _symmetric_int8_error(v, hi) <= min(errors) * 1.05, (name, hi, options, errors)
+    assert scales_from_ranges(ranges)

@@ -22,6 +22,7 @@ from hagrid_edge.images import read_rgb
 from hagrid_edge.pipeline import CropClassifier
 from hagrid_edge.processing import crop_inputs
 from hagrid_edge.quantize import tflite_env
+from hagrid_edge.quantize.choices import MSE_PERCENTILES
 from hagrid_edge.quantize.tflite_export import TFLiteConversion
 from hagrid_edge.quantize.tflite_int8 import WEIGHT_OPS, activation_ranges
 from hagrid_edge.spec import EMBEDDED_READERS, resolve_spec, sha256_file, sidecar_path
@@ -146,16 +147,12 @@ def test_every_unit_in_float_requantizes_nothing(converted):
     assert len(produced) > 5 and [name for name, dt in produced if dt != np.float32] == [], produced
 
 
-def test_activation_ranges_are_percentiles_of_all_calibration_values(converted):
-    """The ranges the TFLite INT8 model is built from: the true extremes at 100, and at 99.9 the
-    percentiles numpy finds over every value of every calibration input (so a rare large value is clipped,
-    not averaged away per photo), always including 0."""
-    conv, calib = converted
-    nhwc = [np.ascontiguousarray(x.transpose(0, 2, 3, 1)) for x in calib]
-    interp = _interpreter_class()(model_path=str(conv.float32), experimental_preserve_all_tensors=True)
+def _all_values(float_tflite: Path, nhwc: list[np.ndarray], wanted: list[str]) -> dict[str, np.ndarray]:
+    """Every value each ``wanted`` tensor takes over ``nhwc``, read by LiteRT with every tensor kept."""
+    interp = _interpreter_class()(model_path=str(float_tflite), experimental_preserve_all_tensors=True)
     interp.allocate_tensors()
     (inp,) = interp.get_input_details()
-    names = [d["name"] for d in interp.get_tensor_details() if d["name"] in conv.int8_candidates().qsvs]
+    names = [d["name"] for d in interp.get_tensor_details() if d["name"] in wanted]
     index = {d["name"]: d["index"] for d in interp.get_tensor_details()}
     values: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for x in nhwc:
@@ -163,11 +160,22 @@ def test_activation_ranges_are_percentiles_of_all_calibration_values(converted):
         interp.invoke()
         for n in names:
             values[n].append(interp.get_tensor(index[n]).ravel().copy())
-    extremes = activation_ranges(conv.float32, nhwc, names, 100.0)
-    clipped = activation_ranges(conv.float32, nhwc, names, 99.9)
+    return {n: np.concatenate(v) for n, v in values.items()}
+
+
+def test_activation_ranges_are_percentiles_of_all_calibration_values(converted):
+    """The ranges the TFLite INT8 model is built from: the true extremes at 100, and at 99.9 the
+    percentiles numpy finds over every value of every calibration input (so a rare large value is clipped,
+    not averaged away per photo), always including 0."""
+    conv, calib = converted
+    nhwc = [np.ascontiguousarray(x.transpose(0, 2, 3, 1)) for x in calib]
+    values = _all_values(conv.float32, nhwc, list(conv.int8_candidates().qsvs))
+    names = list(values)
+    extremes = activation_ranges(conv.float32, nhwc, names, (100.0,))
+    clipped = activation_ranges(conv.float32, nhwc, names, (99.9,))
     assert len(names) > 3
     for n in names:
-        v = np.concatenate(values[n])
+        v = values[n]
         assert extremes[n] == pytest.approx((min(v.min(), 0.0), max(v.max(), 0.0)))
         lo, hi = clipped[n]
         assert (v > hi).mean() <= 0.001 and (v >= hi).mean() > 0.001 or hi == 0.0
@@ -175,11 +183,41 @@ def test_activation_ranges_are_percentiles_of_all_calibration_values(converted):
         assert extremes[n][0] <= lo <= 0.0 <= hi <= extremes[n][1]
 
 
-@pytest.mark.parametrize("method, percentile", [("minmax", 100.0), ("percentile", 99.999), ("entropy", 99.999),
-                                                ("p99.9999", 99.9999)])
-def test_each_method_gives_the_tflite_ranges_its_percentile(converted, method, percentile):
+@pytest.mark.parametrize("method, levels", [("minmax", (100.0,)), ("percentile", (99.999,)), ("entropy", (99.999,)),
+                                            ("p99.9999", (99.9999,)), ("mse", MSE_PERCENTILES)])
+def test_each_method_gives_the_tflite_ranges_its_percentiles(converted, method, levels):
     conv, _ = converted
-    assert conv.int8_candidates(method=method).percentile == percentile
+    assert conv.int8_candidates(method=method).levels == levels
+
+
+def _int8_error(v: np.ndarray, lo: float, hi: float) -> float:
+    """Squared error of ``v`` through asymmetric int8 with range [lo, hi] (zero exact), as LiteRT rounds it."""
+    scale = (hi - lo) / 255.0
+    zero_point = np.round(-lo / scale) - 128.0
+    q = np.clip(np.round(v / scale) + zero_point, -128, 127)
+    return float(np.sum((v.astype(np.float64) - (q - zero_point) * scale) ** 2))
+
+
+def test_mse_ranges_are_the_least_error_level_of_each_tensor(converted):
+    """``--method mse``: every tensor's range is one of its single-level ranges, and rounding all its calibration
+    values through int8 with it errs no more than through the other levels' ranges (5 % slack: the choice
+    counts rounding as uniform); the tensors do not all take the same level."""
+    conv, calib = converted
+    nhwc = [np.ascontiguousarray(x.transpose(0, 2, 3, 1)) for x in calib]
+    names = list(conv.int8_candidates().qsvs)
+    values = _all_values(conv.float32, nhwc, names)
+    chosen = activation_ranges(conv.float32, nhwc, names, MSE_PERCENTILES)
+    single = {p: activation_ranges(conv.float32, nhwc, names, (p,)) for p in MSE_PERCENTILES}
+    picked = []
+    for n, v in values.items():
+        options = {p: single[p][n] for p in MSE_PERCENTILES if single[p][n][1] > single[p][n][0]}
+        if not options:
+            continue
+        (level,) = [p for p, r in options.items() if r == pytest.approx(chosen[n])][-1:]
+        errors = {p: _int8_error(v, *r) for p, r in options.items()}
+        assert errors[level] <= min(errors.values()) * 1.05, (n, errors, level)
+        picked.append(level)
+    assert len(picked) > 3 and len(set(picked)) > 1, picked
 
 
 def test_wrong_calibration_shape_is_reported(crop_classifier, classifier_spec, tmp_path):
