@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from one_stage import one_stage_detector, photo_batch
 
 from hagrid_edge.data.annotations import load_split
 from hagrid_edge.data.crops import CropDataset, detected_crops, folder_crops, photo_crops
@@ -19,7 +20,7 @@ from hagrid_edge.labels import DETECTOR_CLASSES, NO_GESTURE
 from hagrid_edge.models import ModelConfig, build_model, model_spec, onnx_model
 from hagrid_edge.paths import REPO_ROOT
 from hagrid_edge.pipeline import CropClassifier, Detector
-from hagrid_edge.processing import crop_inputs, preprocess
+from hagrid_edge.processing import crop_inputs
 from hagrid_edge.spec import resolve_spec
 from hagrid_edge.train.distill import (
     class_matrix,
@@ -147,41 +148,39 @@ def test_a_mirrored_classifier_answers_for_the_crop_and_its_mirror_and_exports(c
 @pytest.fixture(scope="module")
 def one_stage(hand_detector):
     """The one-stage gesture detector as training starts: the authors' detector with 19 class heads."""
-    model, cfg, _ = onnx_model("onnx_ssd", hand_detector, list(DETECTOR_CLASSES))
-    return model, model_spec(cfg, model)
+    return one_stage_detector(hand_detector)
 
 
 @pytest.fixture(scope="module")
-def photo_batch(one_stage, photos):
+def four_photos(one_stage, photos):
     """Four real train photos in the one-stage detector's input."""
-    spec = one_stage[1]
-    return torch.from_numpy(np.concatenate([preprocess(read_rgb(s.image_path), spec)[0] for s in photos[:4]]))
+    return photo_batch(photos[:4], one_stage[1])
 
 
-def test_the_one_stage_detector_starts_as_its_teacher(hand_detector, one_stage, photo_batch):
+def test_the_one_stage_detector_starts_as_its_teacher(hand_detector, one_stage, four_photos):
     """The new class heads split the hand logit among the gestures, so 1 - background is the teacher's
     hand probability and the boxes are its boxes: the teacher's terms start at 0."""
     teacher = detector_teacher(str(hand_detector), one_stage[1])
     assert not any(p.requires_grad for p in teacher.parameters())
     with torch.no_grad():
-        taught, student = teacher(photo_batch), one_stage[0].eval()(photo_batch)
+        taught, student = teacher(four_photos), one_stage[0].eval()(four_photos)
     assert (torch.softmax(taught["cls_logits"], -1)[..., 1] > 0.5).sum() >= 4  # hands on the photos
     loss, parts = detector_distill_loss(student, taught)
     assert float(loss) < 1e-4 and parts["teacher_box"] < 1e-6
 
 
-def test_a_trained_student_learns_the_teachers_hands_back(hand_detector, one_stage, photo_batch):
+def test_a_trained_student_learns_the_teachers_hands_back(hand_detector, one_stage, four_photos):
     """The shipped one-stage detector, trained on the auto-made boxes alone, has drifted from the teacher;
     a few steps on real photos (batch norm frozen) bring its hand probability and boxes back towards it."""
     teacher = detector_teacher(str(hand_detector), one_stage[1])
     student = onnx_model("onnx_ssd", REPO_ROOT / "assets" / "models" / "gesture_detector.onnx",
                          list(DETECTOR_CLASSES))[0].eval()
     with torch.no_grad():
-        taught = teacher(photo_batch)
+        taught = teacher(four_photos)
     optimizer = torch.optim.Adam(student.parameters(), lr=1e-3)
     losses = []
     for _ in range(8):
-        loss, _ = detector_distill_loss(student(photo_batch), taught)
+        loss, _ = detector_distill_loss(student(four_photos), taught)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

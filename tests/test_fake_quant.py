@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from one_stage import one_stage_detector, photo_batch
 
 from hagrid_edge.data.annotations import load_split
-from hagrid_edge.images import read_rgb
 from hagrid_edge.labels import DETECTOR_CLASSES
-from hagrid_edge.models import model_spec, onnx_model
+from hagrid_edge.models import onnx_model
 from hagrid_edge.paths import REPO_ROOT
-from hagrid_edge.processing import preprocess
 from hagrid_edge.train.fake_quant import FakeQuantizer
 
 ONE_STAGE = REPO_ROOT / "assets" / "models" / "gesture_detector.onnx"
@@ -19,14 +17,12 @@ ONE_STAGE = REPO_ROOT / "assets" / "models" / "gesture_detector.onnx"
 
 @pytest.fixture(scope="module")
 def detector():
-    model, cfg, _ = onnx_model("onnx_ssd", ONE_STAGE, list(DETECTOR_CLASSES))
-    return model, model_spec(cfg, model)
+    return one_stage_detector(ONE_STAGE)
 
 
 @pytest.fixture(scope="module")
 def batch(detector, mini_root):
-    photos = load_split(mini_root, "val")[::40][:4]
-    return torch.from_numpy(np.concatenate([preprocess(read_rgb(s.image_path), detector[1])[0] for s in photos]))
+    return photo_batch(load_split(mini_root, "val")[::40][:4], detector[1])
 
 
 def test_weights_round_to_127_steps_per_output_channel():
