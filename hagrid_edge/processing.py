@@ -161,6 +161,11 @@ class Detections:
     def __len__(self) -> int:
         return len(self.scores)
 
+    def take(self, indices: np.ndarray) -> Detections:
+        """The detections at ``indices``, in that order."""
+        idx = np.asarray(indices, np.int64)
+        return Detections(self.boxes[idx], self.scores[idx], self.class_ids[idx], [self.labels[i] for i in idx])
+
 
 def output(outputs: dict[str, np.ndarray], spec: ModelSpec, role: str) -> np.ndarray:
     """The float value of output ``role`` (dequantized when the artifact's output is integer)."""

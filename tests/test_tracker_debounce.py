@@ -84,3 +84,39 @@ def test_summary_state_stays_bounded() -> None:
     assert len(st.recent) == WINDOW and st.count == 3 * WINDOW
     assert s.percentiles_ms()["infer"]["mean"] == pytest.approx(4.5)
     assert s.events == 3 * WINDOW and s.starts == {"palm": 3 * WINDOW // 2}
+
+
+def test_a_hand_the_detector_gives_two_gestures_is_one_hand_in_a_run(mini_root) -> None:
+    """The one-stage detector's NMS is per gesture, so on some real photos it boxes one hand twice, with two
+    gestures, at its operating threshold. A run keeps the likelier one: without that, the tracker takes the
+    second box for a second hand and starts a second gesture on it."""
+    from hagrid_edge.data.annotations import load_split
+    from hagrid_edge.deploy.common.runner import Models
+    from hagrid_edge.deploy.common.summary import Summary
+    from hagrid_edge.images import read_rgb
+    from hagrid_edge.paths import REPO_ROOT
+    from hagrid_edge.pipeline import load_pipeline
+    from hagrid_edge.processing import box_iou
+
+    detector = load_pipeline(REPO_ROOT / "assets" / "models" / "gesture_detector.onnx", threads=1)
+    models = Models(detector, same_hand_iou=0.5)
+    doubled = 0
+    for sample in load_split(mini_root, "val"):
+        frame = read_rgb(sample.image_path)
+        raw = detector(frame)
+        iou = box_iou(raw.boxes, raw.boxes) - np.eye(len(raw))
+        if not (iou > 0.5).any():
+            continue
+        doubled += 1
+        kept, _ = models(frame, Summary("photo"))
+        assert len(kept) < len(raw) and not (box_iou(kept.boxes, kept.boxes) - np.eye(len(kept)) > 0.5).any()
+        assert kept.scores.max() == raw.scores.max() and set(kept.labels) <= set(raw.labels)
+        tracks, starts = {}, {}
+        for run, dets in (("raw", raw), ("kept", kept)):  # the photo held still for 4 frames
+            g = Gestures(DebounceConfig(n=2, m=3, k=2))
+            updates = [g.update(dets, i, float(i)) for i in range(4)]
+            tracks[run] = {t for ids, _ in updates for t in ids}
+            starts[run] = [e.gesture for _, events in updates for e in events if e.kind == "start"]
+        assert len(tracks["kept"]) == len(kept) < len(tracks["raw"]) == len(raw)
+        assert len(starts["kept"]) <= len(starts["raw"]) and len(starts["kept"]) <= len(kept)
+    assert doubled >= 3, doubled

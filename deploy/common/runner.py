@@ -27,7 +27,7 @@ import numpy as np
 from hagrid_edge.deploy.common.capture import Capture, Frame, SourceEvent
 from hagrid_edge.deploy.common.debounce import DebounceConfig, GestureEvent
 from hagrid_edge.deploy.common.event_sinks import EventSink, open_events
-from hagrid_edge.deploy.common.gestures import Gestures
+from hagrid_edge.deploy.common.gestures import Gestures, one_per_hand
 from hagrid_edge.deploy.common.homeassistant import HomeAssistant
 from hagrid_edge.deploy.common.hooks import HOOK_TIMEOUT_S, MAX_RUNNING, Hooks
 from hagrid_edge.deploy.common.mqtt_events import MqttEvents, MqttStats
@@ -56,6 +56,7 @@ class Pipeline(Protocol):
 class RunOptions:
     debounce: DebounceConfig = field(default_factory=DebounceConfig)
     track_iou: float = 0.3
+    same_hand_iou: float = 0.5  # boxes overlapping more are one hand: the likeliest gesture stays
     track_max_age: int = 5
     output: str | list[str] | None = None  # annotated video file and/or stream URIs (output_uris.py)
     events: str | list[str] | None = None  # JSONL file, "-" for stdout, mqtt://...; one or a list
@@ -73,11 +74,11 @@ class RunOptions:
 class Models:
     """The detection pipeline and, if given, the landmark stage on every detected hand."""
 
-    def __init__(self, pipeline: Pipeline, landmarker: Landmarker | None = None) -> None:
-        self.pipeline, self.landmarker = pipeline, landmarker
+    def __init__(self, pipeline: Pipeline, landmarker: Landmarker | None = None, same_hand_iou: float = 0.5) -> None:
+        self.pipeline, self.landmarker, self.same_hand_iou = pipeline, landmarker, same_hand_iou
 
     def __call__(self, image: np.ndarray, summary: Summary) -> tuple[Detections, HandLandmarks | None]:
-        dets = self.pipeline(image)
+        dets = one_per_hand(self.pipeline(image), self.same_hand_iou)
         summary.add_times(self.pipeline.last_times)
         if self.landmarker is None:
             return dets, None
@@ -195,7 +196,7 @@ def run_loop(pipeline: Pipeline, source: FrameSource, opts: RunOptions, stop: th
     """
     parse_outputs(opts.output)  # a bad --output is refused before anything opens
     summary = summary if summary is not None else Summary(source.uri)
-    models = Models(pipeline, landmarker)
+    models = Models(pipeline, landmarker, opts.same_hand_iou)
     gestures = Gestures(opts.debounce, opts.track_iou, opts.track_max_age)
     capture = Capture(source, opts.queue_size)
     outputs: Outputs | None = None
