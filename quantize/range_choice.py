@@ -22,7 +22,7 @@ import numpy as np
 
 from hagrid_edge.quantize.choices import MSE_PERCENTILES
 
-INT8_STEPS_ASYMMETRIC = 255  # -128..127: the TFLite activations' (zero point free)
+INT8_STEPS_ASYMMETRIC = 255  # -128..127 with a zero point: the TFLite activations
 INT8_STEPS_SYMMETRIC = 254  # -127..127 about zero: the QDQ ONNX's and TensorRT's
 
 
