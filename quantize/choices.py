@@ -1,5 +1,7 @@
 """Names shared by the calibrate command line and the calibration code (importable without onnx)."""
 
+from __future__ import annotations
+
 TARGETS = ("onnx-int8", "trt-cache", "tflite-int8", "tflite-fp16")
 METHODS = ("minmax", "entropy", "percentile", "p99.9999", "mse")
 # The percentile of each activation's calibration values kept in range, per percentile method (minmax: the
