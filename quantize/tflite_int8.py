@@ -133,9 +133,6 @@ class _Tails:
             values = np.partition(values, len(values) - self.count)[-self.count:]
         self.values = np.sort(values)
 
-    def edge(self) -> float:
-        return float(self.values[0]) if len(self.values) else 0.0
-
 
 def activation_ranges(float_tflite: Path, inputs_nhwc: Sequence[np.ndarray], names: Sequence[str],
                       levels: Sequence[float]) -> dict[str, tuple[float, float]]:
@@ -164,8 +161,6 @@ def activation_ranges(float_tflite: Path, inputs_nhwc: Sequence[np.ndarray], nam
             high[n].add(v)
             low[n].add(-v)
             nonzero[n] += int(np.count_nonzero(v))
-    if len(levels) == 1:
-        return {n: (min(-low[n].edge(), 0.0), max(high[n].edge(), 0.0)) for n in wanted}
     chosen = {n: range_choice.from_tails(high[n].values, low[n].values, shapes[n] * len(inputs_nhwc), nonzero[n],
                                          levels) for n in wanted}
     return {n: (c.low, c.high) for n, c in chosen.items()}

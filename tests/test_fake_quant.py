@@ -7,8 +7,6 @@ import torch
 from one_stage import one_stage_detector, photo_batch
 
 from hagrid_edge.data.annotations import load_split
-from hagrid_edge.labels import DETECTOR_CLASSES
-from hagrid_edge.models import onnx_model
 from hagrid_edge.paths import REPO_ROOT
 from hagrid_edge.train.fake_quant import FakeQuantizer
 
@@ -49,7 +47,7 @@ def test_fused_units_are_rounded_once_after_their_relu(detector):
 
 
 def test_training_sees_int8_rounding_and_evaluation_does_not(detector, batch):
-    model = onnx_model("onnx_ssd", ONE_STAGE, list(DETECTOR_CLASSES))[0]
+    model = one_stage_detector(ONE_STAGE)[0]  # its own copy: the test sets its quantizer
     keys = list(model.state_dict())
     model.eval()
     with torch.no_grad():

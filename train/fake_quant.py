@@ -40,7 +40,7 @@ class FakeQuantizer:
         if name not in self.quantized:
             return x
         with torch.no_grad():
-            lo, hi = float(x.min()), float(x.max())
+            lo, hi = (float(v) for v in torch.aminmax(x))  # one pass over x
             if name in self.ranges:
                 old_lo, old_hi = self.ranges[name]
                 lo = old_lo + self.momentum * (lo - old_lo)

@@ -74,7 +74,7 @@ class RunOptions:
 class Models:
     """The detection pipeline and, if given, the landmark stage on every detected hand."""
 
-    def __init__(self, pipeline: Pipeline, landmarker: Landmarker | None = None, same_hand_iou: float = 0.5) -> None:
+    def __init__(self, pipeline: Pipeline, same_hand_iou: float, landmarker: Landmarker | None = None) -> None:
         self.pipeline, self.landmarker, self.same_hand_iou = pipeline, landmarker, same_hand_iou
 
     def __call__(self, image: np.ndarray, summary: Summary) -> tuple[Detections, HandLandmarks | None]:
@@ -196,7 +196,7 @@ def run_loop(pipeline: Pipeline, source: FrameSource, opts: RunOptions, stop: th
     """
     parse_outputs(opts.output)  # a bad --output is refused before anything opens
     summary = summary if summary is not None else Summary(source.uri)
-    models = Models(pipeline, landmarker, opts.same_hand_iou)
+    models = Models(pipeline, opts.same_hand_iou, landmarker)
     gestures = Gestures(opts.debounce, opts.track_iou, opts.track_max_age)
     capture = Capture(source, opts.queue_size)
     outputs: Outputs | None = None
